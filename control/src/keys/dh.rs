@@ -1,0 +1,127 @@
+//! The Diffie-Hellman groups every key-agreement protocol runs over.
+
+use std::fmt::Debug;
+
+use curve25519_dalek::{RistrettoPoint, Scalar, constants::RISTRETTO_BASEPOINT_TABLE};
+use rand_core::CryptoRngCore;
+use sha2::{Digest, Sha512};
+use zeroize::Zeroize;
+
+use super::KeyError;
+
+/// A prime-order group in which Diffie-Hellman is hard.
+///
+/// Secrets are scalars (exponents); public values are elements (`g^k`). Protocols need
+/// exponentiation of the generator and of arbitrary elements, inversion of exponents
+/// (GDH factors out a member's contribution) and a map from an element to a scalar (a
+/// TGDH parent's secret is derived from its children's shared element).
+pub trait DhGroup: Clone + Send + Sync + Debug + 'static {
+    /// A secret exponent; wiped on drop by its owner.
+    type Scalar: Clone + Zeroize + Send + Sync + PartialEq;
+    /// A public group element.
+    type Element: Clone + PartialEq + Eq + Send + Sync + Debug;
+
+    /// Short name for tables and plots (`ristretto255`, `modp2048`, `modp3072`).
+    fn name(&self) -> &'static str;
+
+    /// A uniformly random non-zero exponent.
+    fn random_scalar(&self, rng: &mut dyn CryptoRngCore) -> Self::Scalar;
+
+    /// `g^k`.
+    fn exp_generator(&self, k: &Self::Scalar) -> Self::Element;
+
+    /// `base^k`, constant-time in `k`.
+    fn exp(&self, base: &Self::Element, k: &Self::Scalar) -> Self::Element;
+
+    /// `k^-1` modulo the group order.
+    fn invert(&self, k: &Self::Scalar) -> Self::Scalar;
+
+    /// `a * b` modulo the group order.
+    fn mul_scalars(&self, a: &Self::Scalar, b: &Self::Scalar) -> Self::Scalar;
+
+    /// Maps an element to an exponent by hashing its encoding (TGDH's node secrets).
+    fn element_to_scalar(&self, e: &Self::Element) -> Self::Scalar;
+
+    /// Canonical encoding of an element.
+    fn encode_element(&self, e: &Self::Element) -> Vec<u8>;
+
+    /// Decodes and validates an element; the identity and non-members are refused.
+    fn decode_element(&self, bytes: &[u8]) -> Result<Self::Element, KeyError>;
+
+    /// 32 bytes that a group secret element yields as the group key.
+    fn element_to_key(&self, e: &Self::Element) -> [u8; 32] {
+        let digest = Sha512::new()
+            .chain_update(b"conclave group key v1")
+            .chain_update(self.name().as_bytes())
+            .chain_update(self.encode_element(e))
+            .finalize();
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&digest[..32]);
+        key
+    }
+}
+
+/// ristretto255 over curve25519: the fast default group.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ristretto255;
+
+impl DhGroup for Ristretto255 {
+    type Scalar = Scalar;
+    type Element = RistrettoPoint;
+
+    fn name(&self) -> &'static str {
+        "ristretto255"
+    }
+
+    fn random_scalar(&self, rng: &mut dyn CryptoRngCore) -> Scalar {
+        loop {
+            let mut wide = [0u8; 64];
+            rng.fill_bytes(&mut wide);
+            let k = Scalar::from_bytes_mod_order_wide(&wide);
+            wide.zeroize();
+            if k != Scalar::ZERO {
+                return k;
+            }
+        }
+    }
+
+    fn exp_generator(&self, k: &Scalar) -> RistrettoPoint {
+        k * RISTRETTO_BASEPOINT_TABLE
+    }
+
+    fn exp(&self, base: &RistrettoPoint, k: &Scalar) -> RistrettoPoint {
+        base * k
+    }
+
+    fn invert(&self, k: &Scalar) -> Scalar {
+        k.invert()
+    }
+
+    fn mul_scalars(&self, a: &Scalar, b: &Scalar) -> Scalar {
+        a * b
+    }
+
+    fn element_to_scalar(&self, e: &RistrettoPoint) -> Scalar {
+        let digest = Sha512::new()
+            .chain_update(b"conclave tgdh node secret v1")
+            .chain_update(e.compress().as_bytes())
+            .finalize();
+        let mut wide = [0u8; 64];
+        wide.copy_from_slice(&digest);
+        Scalar::from_bytes_mod_order_wide(&wide)
+    }
+
+    fn encode_element(&self, e: &RistrettoPoint) -> Vec<u8> {
+        e.compress().as_bytes().to_vec()
+    }
+
+    fn decode_element(&self, bytes: &[u8]) -> Result<RistrettoPoint, KeyError> {
+        let compressed = curve25519_dalek::ristretto::CompressedRistretto::from_slice(bytes)
+            .map_err(|_| KeyError::BadElement)?;
+        let point = compressed.decompress().ok_or(KeyError::BadElement)?;
+        if point == RistrettoPoint::default() {
+            return Err(KeyError::BadElement);
+        }
+        Ok(point)
+    }
+}

@@ -1,0 +1,257 @@
+//! Group key agreement: five contributory (and one centralized) protocols behind one
+//! sans-IO interface, over any [`DhGroup`].
+//!
+//! The layer above (the daemons for their own key, or a layered client group) feeds each
+//! member's protocol instance the same sequence of [`View`]s, as delivered by the group
+//! communication system with virtual synchrony, and the protocol messages that other
+//! members sent. A view whose membership equals the previous one is a refresh. An instance
+//! answers with messages to send and, once the run completes, the new [`GroupKey`].
+//!
+//! A view that arrives while a run is in progress abandons that run and starts a new one
+//! for the new membership (the cascading-events rule of the Secure Spread paper, §5.4);
+//! messages of the abandoned run are then stale and rejected by epoch.
+
+pub mod dh;
+pub mod envelope;
+
+use std::fmt;
+
+use rand_core::CryptoRngCore;
+use thiserror::Error;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+pub use dh::{DhGroup, Ristretto255};
+pub use envelope::{Directory, Envelope, Identity};
+
+/// A member's stable identity within a key-agreement group: a client's private name or a
+/// daemon's name. Ordering is by the string, which makes tie-breaks deterministic.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemberId(pub String);
+
+impl MemberId {
+    /// Builds an id from anything string-like.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self(name.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MemberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for MemberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which key-agreement protocol a group runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Protocol {
+    /// Tree-based Group Diffie-Hellman (the default).
+    Tgdh = 1,
+    /// Group Diffie-Hellman (Cliques IKA/AKA).
+    Gdh = 2,
+    /// Skinny TRee.
+    Str = 3,
+    /// Burmester–Desmedt.
+    Bd = 4,
+    /// Centralized key distribution.
+    Ckd = 5,
+}
+
+impl Protocol {
+    /// All protocols.
+    pub const ALL: [Protocol; 5] = [
+        Protocol::Tgdh,
+        Protocol::Gdh,
+        Protocol::Str,
+        Protocol::Bd,
+        Protocol::Ckd,
+    ];
+
+    /// Lower-case name, as configs and the CLI write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tgdh => "tgdh",
+            Protocol::Gdh => "gdh",
+            Protocol::Str => "str",
+            Protocol::Bd => "bd",
+            Protocol::Ckd => "ckd",
+        }
+    }
+
+    /// Parses a lower-case name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Parses the wire byte.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| *p as u8 == value)
+    }
+}
+
+/// One membership of the group, as every member receives it in the same order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// The group's name; every protocol message is bound to it.
+    pub group: String,
+    /// Strictly increasing across the views of one group; names the protocol run.
+    pub epoch: u64,
+    /// The members, oldest first (join order; members that arrived together by a merge
+    /// are in a deterministic order agreed by all). GDH's controller is the last, CKD's the
+    /// first.
+    pub members: Vec<MemberId>,
+}
+
+/// Where a protocol message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Every member of the current view (the sender receives its own copy too and must
+    /// ignore it).
+    Broadcast,
+    /// One member.
+    Unicast(MemberId),
+}
+
+/// A message a protocol instance asks its driver to send: a signed [`Envelope`]'s bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Who gets it.
+    pub to: Destination,
+    /// The encoded, signed envelope.
+    pub bytes: Vec<u8>,
+}
+
+/// The agreed group secret of one epoch. The secret is wiped when this is dropped.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+pub struct GroupKey {
+    /// The view epoch this key belongs to.
+    #[zeroize(skip)]
+    pub epoch: u64,
+    /// 32 bytes derived (by hashing) from the protocol's group secret.
+    pub secret: [u8; 32],
+}
+
+impl fmt::Debug for GroupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret; a short fingerprint is enough to compare in logs.
+        write!(
+            f,
+            "GroupKey {{ epoch: {}, fp: {:02x}{:02x}{:02x}{:02x} }}",
+            self.epoch, self.secret[0], self.secret[1], self.secret[2], self.secret[3]
+        )
+    }
+}
+
+/// What one step of a protocol instance produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Messages to send, in order.
+    pub sends: Vec<Outgoing>,
+    /// Set when this step completed the run: the new key.
+    pub key: Option<GroupKey>,
+}
+
+/// Counts of the expensive operations one instance performed, for the cost tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    /// Exponentiations (MODP) or scalar multiplications (elliptic curve).
+    pub exponentiations: u64,
+    /// Signatures made.
+    pub signatures: u64,
+    /// Signatures verified.
+    pub verifications: u64,
+}
+
+/// Why a protocol step was refused. Nothing is applied when an error is returned.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The envelope could not be decoded.
+    #[error("malformed key-agreement message: {0}")]
+    Malformed(&'static str),
+    /// The signature does not verify under the sender's registered key.
+    #[error("bad signature from {0}")]
+    BadSignature(MemberId),
+    /// The sender has no registered public key, or is not in the current view.
+    #[error("unknown sender {0}")]
+    UnknownSender(MemberId),
+    /// The envelope names another group.
+    #[error("message for group {got:?}, this instance serves {expected:?}")]
+    WrongGroup {
+        /// Group in the message.
+        got: String,
+        /// Group of this instance.
+        expected: String,
+    },
+    /// The envelope names another protocol.
+    #[error("message for protocol {got}, this instance runs {expected}")]
+    WrongProtocol {
+        /// Protocol byte in the message.
+        got: u8,
+        /// Protocol of this instance.
+        expected: u8,
+    },
+    /// The envelope belongs to an older (or future) run.
+    #[error("message of epoch {got}, current run is epoch {current}")]
+    StaleEpoch {
+        /// Epoch in the message.
+        got: u64,
+        /// The current epoch.
+        current: u64,
+    },
+    /// A message this member already applied in this run (a replay).
+    #[error("duplicate message from {0} in this run")]
+    Duplicate(MemberId),
+    /// A message that does not fit the state of the run (wrong step, wrong sender role).
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+    /// A group element failed to decode or is not a valid element (e.g. identity).
+    #[error("invalid group element")]
+    BadElement,
+    /// A view that breaks the rules (epoch not increasing, this member absent, duplicates).
+    #[error("invalid view: {0}")]
+    BadView(&'static str),
+}
+
+/// One member's protocol instance. Every protocol implements this; drivers and tests are
+/// written against it alone.
+pub trait KeyAgreement: Send {
+    /// The protocol this instance runs.
+    fn protocol(&self) -> Protocol;
+
+    /// This member.
+    fn me(&self) -> &MemberId;
+
+    /// A new view: starts a run for it (abandoning any run in progress).
+    fn handle_view(&mut self, view: &View, rng: &mut dyn CryptoRngCore)
+    -> Result<Output, KeyError>;
+
+    /// A protocol message from another member (or this member's own broadcast, which is
+    /// ignored). `bytes` is an encoded [`Envelope`].
+    fn handle_message(
+        &mut self,
+        from: &MemberId,
+        bytes: &[u8],
+        rng: &mut dyn CryptoRngCore,
+    ) -> Result<Output, KeyError>;
+
+    /// The key of the last completed run, if any.
+    fn current_key(&self) -> Option<&GroupKey>;
+
+    /// True while a run is in progress (a view was handled and its key is not yet known).
+    fn in_progress(&self) -> bool;
+
+    /// Operation counts since this instance was created.
+    fn op_counts(&self) -> OpCounts;
+}

@@ -1,0 +1,4 @@
+//! Wire types shared by the engine and the client SDK.
+
+pub mod client;
+pub mod names;

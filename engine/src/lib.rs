@@ -1,0 +1,2 @@
+//! Conclave's data plane and daemon runtime.
+#![deny(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Conclave client SDK.
+#![forbid(unsafe_code)]

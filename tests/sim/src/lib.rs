@@ -1,0 +1,2 @@
+//! Deterministic simulator of Conclave daemons.
+#![forbid(unsafe_code)]

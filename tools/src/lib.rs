@@ -1,0 +1,2 @@
+//! Conclave tools: shared helpers of the binaries.
+#![forbid(unsafe_code)]
