@@ -1,0 +1,359 @@
+//! The blocking client: one socket, one [`Session`], calls that wait.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use conclave_control::wire::client::{DaemonFrame, Service};
+
+use crate::address::{Address, IntoAddress};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::session::Session;
+
+/// How long `connect` waits for the daemon's welcome.
+pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`Connection::status`] waits for the answer.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The smallest read timeout the OS accepts (zero would mean "forever").
+const MIN_WAIT: Duration = Duration::from_micros(1);
+
+#[derive(Debug)]
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn open(addr: &Address) -> io::Result<Stream> {
+        Ok(match addr {
+            Address::Unix(path) => Stream::Unix(UnixStream::connect(path)?),
+            Address::Tcp(hp) => {
+                let addrs = Address::resolve_tcp(hp)?;
+                let s = TcpStream::connect(&addrs[..])?;
+                // Frames are batched by us; Nagle would only add latency to small requests.
+                s.set_nodelay(true)?;
+                Stream::Tcp(s)
+            }
+        })
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(t),
+            Stream::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        }
+    }
+
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+        }
+    }
+}
+
+/// A blocking connection to a daemon.
+///
+/// Requests (`join`, `multicast`, ...) are written at once; the `*_buffered` variants
+/// only queue, and [`Connection::flush`] (or a full batch) writes them in one go.
+/// Deliveries are read in large chunks and handed out one per [`Connection::receive`],
+/// or all at once, borrowed, by [`Connection::receive_frames`].
+#[derive(Debug)]
+pub struct Connection {
+    stream: Stream,
+    session: Session,
+    address: Address,
+    /// The read timeout last set on the socket, to skip redundant system calls.
+    read_timeout: Option<Duration>,
+}
+
+impl Connection {
+    /// Connects and lets the daemon pick a private name.
+    pub fn connect(addr: impl IntoAddress) -> Result<Connection> {
+        Self::connect_as(addr, "")
+    }
+
+    /// Connects asking for the private name `#name#daemon`.
+    pub fn connect_as(addr: impl IntoAddress, name: &str) -> Result<Connection> {
+        let address = addr.into_address()?;
+        let session = Session::new(name)?;
+        let stream = Stream::open(&address)?;
+        let mut conn = Connection {
+            stream,
+            session,
+            address,
+            read_timeout: None,
+        };
+        conn.flush()?;
+        let deadline = Instant::now() + WELCOME_TIMEOUT;
+        while !conn.session.handle_welcome()? {
+            if !conn.fill(remaining(deadline))? {
+                return Err(Error::Timeout("the daemon's welcome"));
+            }
+        }
+        Ok(conn)
+    }
+
+    /// The daemon this connection goes to.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// This client's private name, `#user#daemon`; a multicast to it reaches only us.
+    pub fn private_name(&self) -> &str {
+        self.session.private_name()
+    }
+
+    /// The daemon's name.
+    pub fn daemon_name(&self) -> &str {
+        self.session.daemon_name()
+    }
+
+    /// Largest payload the daemon accepts.
+    pub fn max_payload(&self) -> usize {
+        self.session.max_payload()
+    }
+
+    /// Joins a group (created on first join); the membership notification follows.
+    pub fn join(&mut self, group: &str) -> Result<()> {
+        self.session.join(group)?;
+        self.flush()
+    }
+
+    /// Leaves a group.
+    pub fn leave(&mut self, group: &str) -> Result<()> {
+        self.session.leave(group)?;
+        self.flush()
+    }
+
+    /// Sends a message to one or more groups or private names, now.
+    pub fn multicast<S: AsRef<str>>(
+        &mut self,
+        service: Service,
+        groups: &[S],
+        msg_type: u16,
+        payload: &[u8],
+    ) -> Result<()> {
+        self.session.multicast(service, groups, msg_type, payload)?;
+        self.flush()
+    }
+
+    /// Queues a message; it goes out with the next [`Connection::flush`] or once a batch
+    /// fills (so a stream of small messages costs few system calls).
+    pub fn multicast_buffered<S: AsRef<str>>(
+        &mut self,
+        service: Service,
+        groups: &[S],
+        msg_type: u16,
+        payload: &[u8],
+    ) -> Result<()> {
+        self.session.multicast(service, groups, msg_type, payload)?;
+        if self.session.should_flush() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends a message to one client by its private name.
+    pub fn send_to(
+        &mut self,
+        private_name: &str,
+        service: Service,
+        msg_type: u16,
+        payload: &[u8],
+    ) -> Result<()> {
+        if !conclave_control::wire::names::is_private_name(private_name) {
+            return Err(Error::BadPrivateName(private_name.to_owned()));
+        }
+        self.multicast(service, &[private_name], msg_type, payload)
+    }
+
+    /// Writes everything queued.
+    pub fn flush(&mut self) -> Result<()> {
+        while !self.session.output().is_empty() {
+            match self.stream.write(self.session.output()) {
+                Ok(0) => {
+                    self.session.mark_eof();
+                    return Err(self.session.closed_error());
+                }
+                Ok(n) => self.session.consumed_output(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_reset(&e) => {
+                    self.session.mark_eof();
+                    return Err(self.session.closed_error());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn buffered_output(&self) -> usize {
+        self.session.output().len()
+    }
+
+    /// The next event, waiting up to `timeout`; `Ok(None)` when none came in time.
+    ///
+    /// After a [`Event::Goodbye`] (or end of stream) it fails with [`Error::Closed`].
+    pub fn receive(&mut self, timeout: Duration) -> Result<Option<Event>> {
+        let deadline = Instant::now() + timeout;
+        // The first wait is the caller's timeout as given, so a steady caller's socket
+        // option stays unchanged and costs no system call.
+        let mut wait = timeout;
+        loop {
+            if let Some(event) = self.session.next_event()? {
+                return Ok(Some(event));
+            }
+            if self.session.closed_reason().is_some() {
+                return Err(self.session.closed_error());
+            }
+            if !self.fill(wait)? {
+                return Ok(None);
+            }
+            wait = remaining(deadline);
+        }
+    }
+
+    /// Waits up to `timeout` for input, then hands every whole frame read so far to `f`,
+    /// borrowed from the read buffer (no allocation per message).
+    ///
+    /// Returns the number of frames handed out (0 on timeout). Frames are the raw daemon
+    /// frames: data, membership, error, status and goodbye.
+    pub fn receive_frames(
+        &mut self,
+        timeout: Duration,
+        f: impl FnMut(&DaemonFrame<'_>),
+    ) -> Result<usize> {
+        if !self.session.has_frame() {
+            if self.session.closed_reason().is_some() {
+                return Err(self.session.closed_error());
+            }
+            // One read is enough: a big read usually carries many frames, and a partial
+            // frame waits for the next call.
+            self.fill(timeout)?;
+        }
+        self.session.drain_frames(f)
+    }
+
+    /// Asks the daemon for its status (clients, groups, counters) as JSON text; events that
+    /// arrive meanwhile are kept for later `receive` calls.
+    pub fn status(&mut self) -> Result<String> {
+        self.status_timeout(STATUS_TIMEOUT)
+    }
+
+    /// As [`Connection::status`], waiting at most `timeout`.
+    pub fn status_timeout(&mut self, timeout: Duration) -> Result<String> {
+        self.session.status_request();
+        self.flush()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(json) = self.session.take_status()? {
+                return Ok(json);
+            }
+            if self.session.closed_reason().is_some() {
+                return Err(self.session.closed_error());
+            }
+            if !self.fill(remaining(deadline))? {
+                return Err(Error::Timeout("the daemon's status"));
+            }
+        }
+    }
+
+    /// Says goodbye and closes the connection.
+    pub fn disconnect(mut self) -> Result<()> {
+        self.session.disconnect();
+        let flushed = self.flush();
+        // The daemon may already have closed its side; either way we are done.
+        let _ = self.stream.shutdown();
+        match flushed {
+            Err(Error::Closed { .. }) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads once, waiting at most `wait`. Returns false on timeout.
+    fn fill(&mut self, wait: Duration) -> Result<bool> {
+        let wait = wait.max(MIN_WAIT);
+        if self.read_timeout != Some(wait) {
+            self.stream.set_read_timeout(Some(wait))?;
+            self.read_timeout = Some(wait);
+        }
+        loop {
+            let space = self.session.read_space();
+            match self.stream.read(space) {
+                Ok(0) => {
+                    self.session.mark_eof();
+                    return Err(self.session.closed_error());
+                }
+                Ok(n) => {
+                    self.session.filled(n);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    return Ok(false);
+                }
+                Err(e) if is_reset(&e) => {
+                    self.session.mark_eof();
+                    return Err(self.session.closed_error());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_fd().as_raw_fd()
+    }
+}

@@ -1,0 +1,105 @@
+//! What a client receives, as owned values.
+
+use conclave_control::wire::client::{
+    DaemonFrame, ErrorCode, MembershipReason, Service, ViewId, ViewKind,
+};
+
+use crate::error::Error;
+
+/// One thing the daemon told this client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message delivered to one or more groups this client is in (or to its private name).
+    Data {
+        /// The sender's private name.
+        sender: String,
+        /// The targets the sender addressed.
+        groups: Vec<String>,
+        /// The service it was sent with.
+        service: Service,
+        /// Application-defined type.
+        msg_type: u16,
+        /// The body.
+        payload: Vec<u8>,
+    },
+    /// A group's view changed.
+    Membership {
+        /// The group.
+        group: String,
+        /// The new view's id; strictly increasing per group.
+        view_id: ViewId,
+        /// Regular or transitional.
+        kind: ViewKind,
+        /// Why it changed.
+        reason: MembershipReason,
+        /// The members who caused the change.
+        changed: Vec<String>,
+        /// Every member of the new view, in the daemon's deterministic order.
+        members: Vec<String>,
+    },
+    /// The daemon rejected one request; the connection stays up.
+    Error {
+        /// Why.
+        code: ErrorCode,
+        /// Detail naming the group or field at fault.
+        reason: String,
+    },
+    /// An unsolicited status document (normally consumed by `status()`).
+    Status {
+        /// The JSON text.
+        json: String,
+    },
+    /// The daemon is closing the connection; nothing follows.
+    Goodbye {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// Converts a decoded daemon frame; hello-phase frames are out of place after the welcome.
+    pub fn from_frame(frame: &DaemonFrame<'_>) -> Result<Event, Error> {
+        Ok(match *frame {
+            DaemonFrame::Data {
+                sender,
+                groups,
+                service,
+                msg_type,
+                payload,
+            } => Event::Data {
+                sender: sender.to_owned(),
+                groups: groups.iter().map(str::to_owned).collect(),
+                service,
+                msg_type,
+                payload: payload.to_vec(),
+            },
+            DaemonFrame::Membership {
+                group,
+                view_id,
+                kind,
+                reason,
+                changed,
+                members,
+            } => Event::Membership {
+                group: group.to_owned(),
+                view_id,
+                kind,
+                reason,
+                changed: changed.iter().map(str::to_owned).collect(),
+                members: members.iter().map(str::to_owned).collect(),
+            },
+            DaemonFrame::Error { code, reason } => Event::Error {
+                code,
+                reason: reason.to_owned(),
+            },
+            DaemonFrame::Status { json } => Event::Status {
+                json: json.to_owned(),
+            },
+            DaemonFrame::Goodbye { reason } => Event::Goodbye {
+                reason: reason.to_owned(),
+            },
+            DaemonFrame::Welcome { .. } => return Err(Error::Unexpected("welcome after hello")),
+            DaemonFrame::Refused { .. } => return Err(Error::Unexpected("refused after welcome")),
+        })
+    }
+}
