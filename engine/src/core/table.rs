@@ -1,0 +1,886 @@
+//! The group table: every daemon applies the same ordered events to it and so holds the
+//! same groups, members and view ids; each daemon then delivers to its own local clients.
+//!
+//! Pure and deterministic: no I/O, clocks or randomness. Frames for local clients are
+//! encoded straight into their output buffers through an [`Outbox`]. Members are listed
+//! sorted by private name (byte order), so every daemon lists a view identically. A view
+//! id's `seq` is the table's count of membership changes, so view ids increase strictly
+//! within a group even when the group empties and is created again.
+
+use std::collections::HashMap;
+
+use conclave_control::wire::client::{
+    ErrorCode, GroupList, MembershipReason, Service, ViewId, ViewKind, encode,
+};
+use conclave_control::wire::names;
+
+use super::event::Event;
+use crate::config::{GroupsConfig, Openness};
+
+/// A client of this daemon, as the runtime numbers them.
+pub type LocalId = u32;
+
+/// Where the table writes frames for local clients.
+pub trait Outbox {
+    /// The output buffer of local client `id`, or `None` when it is gone.
+    fn out(&mut self, id: LocalId) -> Option<&mut Vec<u8>>;
+}
+
+/// Limits and policy the table enforces; the same at every daemon (from the shared config).
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    /// Group openness rules.
+    pub groups: GroupsConfig,
+    /// Most groups one client may be in.
+    pub max_groups_per_client: usize,
+    /// Epoch of view ids (the daemon configuration; fixed in single-daemon mode).
+    pub epoch: u64,
+}
+
+/// Counters of what the table did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Events applied.
+    pub events: u64,
+    /// Data events applied (delivered or refused).
+    pub messages: u64,
+    /// Data frames written to local clients.
+    pub deliveries: u64,
+    /// Payload bytes written to local clients.
+    pub delivered_bytes: u64,
+    /// Membership notifications written to local clients.
+    pub notifications: u64,
+    /// Error frames written, indexed by `ErrorCode as usize`.
+    pub errors: [u64; 16],
+}
+
+type ClientIdx = u32;
+type GroupIdx = u32;
+
+#[derive(Debug)]
+struct Client {
+    name: Box<str>,
+    local: Option<LocalId>,
+    /// Groups in join order (the order a disconnect leaves them in).
+    groups: Vec<GroupIdx>,
+}
+
+#[derive(Debug)]
+struct Group {
+    name: Box<str>,
+    view: ViewId,
+    closed: bool,
+    /// Sorted by client name.
+    members: Vec<ClientIdx>,
+    /// Local members' ids, in no particular order.
+    local: Vec<LocalId>,
+}
+
+/// The group table (see the module docs).
+#[derive(Debug)]
+pub struct GroupTable {
+    config: TableConfig,
+    by_name: HashMap<Box<str>, ClientIdx>,
+    clients: Vec<Option<Client>>,
+    free_clients: Vec<ClientIdx>,
+    groups_by_name: HashMap<Box<str>, GroupIdx>,
+    groups: Vec<Option<Group>>,
+    free_groups: Vec<GroupIdx>,
+    /// Local clients known to the runtime, bound when their `Connect` is applied.
+    local_ids: HashMap<Box<str>, LocalId>,
+    changes: u64,
+    /// Reused by multi-group deliveries and notifications.
+    scratch_ids: Vec<LocalId>,
+    scratch_frame: Vec<u8>,
+    stats: TableStats,
+    /// True when some rule or the default can close a group (skips policy work otherwise).
+    any_closed: bool,
+}
+
+/// A read-only view of one group, for status reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo<'t> {
+    /// The group's name.
+    pub name: &'t str,
+    /// Its current view id.
+    pub view: ViewId,
+    /// Whether non-members may not send to it.
+    pub closed: bool,
+    /// Its members, in view order.
+    pub members: Vec<&'t str>,
+}
+
+impl GroupTable {
+    /// An empty table.
+    pub fn new(config: TableConfig) -> Self {
+        let any_closed =
+            config.groups.default == Openness::Closed || !config.groups.closed.is_empty();
+        Self {
+            config,
+            by_name: HashMap::new(),
+            clients: Vec::new(),
+            free_clients: Vec::new(),
+            groups_by_name: HashMap::new(),
+            groups: Vec::new(),
+            free_groups: Vec::new(),
+            local_ids: HashMap::new(),
+            changes: 0,
+            scratch_ids: Vec::new(),
+            scratch_frame: Vec::new(),
+            stats: TableStats::default(),
+            any_closed,
+        }
+    }
+
+    /// Tells the table that the client named `name` is local to this daemon under `id`;
+    /// takes effect when its `Connect` event is applied.
+    pub fn bind_local(&mut self, name: &str, id: LocalId) {
+        self.local_ids.insert(name.into(), id);
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &TableStats {
+        &self.stats
+    }
+
+    /// Whether a client of that private name is connected anywhere.
+    pub fn has_client(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// The groups a client is in, in join order.
+    pub fn groups_of(&self, name: &str) -> Vec<&str> {
+        self.by_name
+            .get(name)
+            .and_then(|&c| self.client(c))
+            .map(|c| c.groups.iter().map(|&g| self.group_name(g)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every group, sorted by name.
+    pub fn groups(&self) -> Vec<GroupInfo<'_>> {
+        let mut all: Vec<_> = self
+            .groups
+            .iter()
+            .flatten()
+            .map(|g| GroupInfo {
+                name: &g.name,
+                view: g.view,
+                closed: g.closed,
+                members: g.members.iter().map(|&c| self.client_name(c)).collect(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(b.name));
+        all
+    }
+
+    /// Applies one ordered event, writing frames for local clients into `out`.
+    pub fn apply(&mut self, event: &Event<'_>, out: &mut dyn Outbox) {
+        self.stats.events += 1;
+        match *event {
+            Event::Connect { client } => self.connect(client),
+            Event::Join { client, group } => self.join(client, group, out),
+            Event::Leave { client, group } => self.leave(client, group, out),
+            Event::Disconnect { client } => self.disconnect(client, out),
+            Event::Data {
+                sender,
+                service,
+                msg_type,
+                groups,
+                payload,
+            } => self.data(sender, service, msg_type, groups, payload, out),
+        }
+    }
+
+    fn client(&self, idx: ClientIdx) -> Option<&Client> {
+        self.clients.get(idx as usize).and_then(Option::as_ref)
+    }
+
+    fn client_name(&self, idx: ClientIdx) -> &str {
+        self.client(idx).map_or("", |c| &c.name)
+    }
+
+    fn group_name(&self, idx: GroupIdx) -> &str {
+        self.groups
+            .get(idx as usize)
+            .and_then(Option::as_ref)
+            .map_or("", |g| &g.name)
+    }
+
+    fn local_of(&self, client: &str) -> Option<LocalId> {
+        let idx = *self.by_name.get(client)?;
+        self.client(idx)?.local
+    }
+
+    fn error(&mut self, client: &str, code: ErrorCode, reason: &str, out: &mut dyn Outbox) {
+        let Some(id) = self.local_of(client) else {
+            return;
+        };
+        if let Some(buf) = out.out(id) {
+            encode::error(buf, code, reason);
+            self.stats.errors[code as usize] += 1;
+        }
+    }
+
+    fn connect(&mut self, name: &str) {
+        if self.by_name.contains_key(name) {
+            // The runtime never lets two clients share a name; a replayed Connect is a no-op.
+            return;
+        }
+        let entry = Client {
+            name: name.into(),
+            local: self.local_ids.get(name).copied(),
+            groups: Vec::new(),
+        };
+        let idx = match self.free_clients.pop() {
+            Some(i) => {
+                self.clients[i as usize] = Some(entry);
+                i
+            }
+            None => {
+                self.clients.push(Some(entry));
+                u32::try_from(self.clients.len() - 1).expect("fewer than 2^32 clients")
+            }
+        };
+        self.by_name.insert(name.into(), idx);
+    }
+
+    fn next_view(&mut self) -> ViewId {
+        self.changes += 1;
+        ViewId {
+            epoch: self.config.epoch,
+            seq: self.changes,
+        }
+    }
+
+    fn join(&mut self, client: &str, group: &str, out: &mut dyn Outbox) {
+        let Some(&c) = self.by_name.get(client) else {
+            return;
+        };
+        if let Err(e) = names::check_group(group) {
+            let reason = format!("cannot join {group:?}: {e}");
+            return self.error(client, ErrorCode::BadGroupName, &reason, out);
+        }
+        let existing = self.groups_by_name.get(group).copied();
+        let joined = self.client(c).map_or(0, |e| e.groups.len());
+        if let Some(g) = existing
+            && self.client(c).is_some_and(|e| e.groups.contains(&g))
+        {
+            let reason = format!("already a member of group {group:?}");
+            return self.error(client, ErrorCode::AlreadyJoined, &reason, out);
+        }
+        if joined >= self.config.max_groups_per_client {
+            let reason = format!(
+                "cannot join {group:?}: already in {joined} groups, the limit is {}",
+                self.config.max_groups_per_client
+            );
+            return self.error(client, ErrorCode::TooManyGroups, &reason, out);
+        }
+        let g = existing.unwrap_or_else(|| self.create_group(group));
+        let view = self.next_view();
+        let name_of =
+            |i: ClientIdx| -> &str { self.clients[i as usize].as_ref().map_or("", |c| &c.name) };
+        let gr = self.groups[g as usize].as_ref().expect("live group");
+        let pos = gr
+            .members
+            .binary_search_by(|&m| name_of(m).cmp(client))
+            .unwrap_or_else(|p| p);
+        let local = self.clients[c as usize].as_ref().and_then(|e| e.local);
+        let gr = self.groups[g as usize].as_mut().expect("live group");
+        gr.members.insert(pos, c);
+        gr.view = view;
+        if let Some(id) = local {
+            gr.local.push(id);
+        }
+        if let Some(e) = self.clients[c as usize].as_mut() {
+            e.groups.push(g);
+        }
+        self.notify(g, MembershipReason::Join, client, None, out);
+    }
+
+    fn create_group(&mut self, name: &str) -> GroupIdx {
+        let closed = self.any_closed && self.config.groups.openness(name) == Openness::Closed;
+        let entry = Group {
+            name: name.into(),
+            view: ViewId::default(),
+            closed,
+            members: Vec::new(),
+            local: Vec::new(),
+        };
+        let idx = match self.free_groups.pop() {
+            Some(i) => {
+                self.groups[i as usize] = Some(entry);
+                i
+            }
+            None => {
+                self.groups.push(Some(entry));
+                u32::try_from(self.groups.len() - 1).expect("fewer than 2^32 groups")
+            }
+        };
+        self.groups_by_name.insert(name.into(), idx);
+        idx
+    }
+
+    fn leave(&mut self, client: &str, group: &str, out: &mut dyn Outbox) {
+        let Some(&c) = self.by_name.get(client) else {
+            return;
+        };
+        let g = self.groups_by_name.get(group).copied();
+        match g {
+            Some(g) if self.client(c).is_some_and(|e| e.groups.contains(&g)) => {
+                self.remove_member(c, g, MembershipReason::Leave, out);
+            }
+            _ => {
+                let reason = format!("not a member of group {group:?}");
+                self.error(client, ErrorCode::NotJoined, &reason, out);
+            }
+        }
+    }
+
+    fn disconnect(&mut self, client: &str, out: &mut dyn Outbox) {
+        let Some(c) = self.by_name.remove(client) else {
+            return;
+        };
+        let groups = self.clients[c as usize]
+            .as_ref()
+            .map(|e| e.groups.clone())
+            .unwrap_or_default();
+        for g in groups {
+            self.remove_member(c, g, MembershipReason::Disconnect, out);
+        }
+        self.clients[c as usize] = None;
+        self.free_clients.push(c);
+        self.local_ids.remove(client);
+    }
+
+    fn remove_member(
+        &mut self,
+        c: ClientIdx,
+        g: GroupIdx,
+        reason: MembershipReason,
+        out: &mut dyn Outbox,
+    ) {
+        let view = self.next_view();
+        let (name, local) = match self.clients[c as usize].as_mut() {
+            Some(e) => {
+                e.groups.retain(|&x| x != g);
+                (e.name.clone(), e.local)
+            }
+            None => return,
+        };
+        let Some(gr) = self.groups[g as usize].as_mut() else {
+            return;
+        };
+        gr.members.retain(|&m| m != c);
+        if let Some(id) = local {
+            gr.local.retain(|&l| l != id);
+        }
+        gr.view = view;
+        // The leaver learns its own leave (empty member list); a disconnected client is gone.
+        let leaver = (reason == MembershipReason::Leave)
+            .then_some(local)
+            .flatten();
+        self.notify(g, reason, &name, leaver, out);
+        let gr = self.groups[g as usize].as_ref().expect("live group");
+        if gr.members.is_empty() {
+            let gname = gr.name.clone();
+            self.groups_by_name.remove(&gname);
+            self.groups[g as usize] = None;
+            self.free_groups.push(g);
+        }
+    }
+
+    /// Sends the group's current view to its local members, and (with an empty member list)
+    /// to `leaver`.
+    fn notify(
+        &mut self,
+        g: GroupIdx,
+        reason: MembershipReason,
+        changed: &str,
+        leaver: Option<LocalId>,
+        out: &mut dyn Outbox,
+    ) {
+        let Some(gr) = self.groups[g as usize].as_ref() else {
+            return;
+        };
+        let mut frame = std::mem::take(&mut self.scratch_frame);
+        frame.clear();
+        let clients = &self.clients;
+        let members = gr
+            .members
+            .iter()
+            .map(|&m| clients[m as usize].as_ref().map_or("", |c| &*c.name));
+        encode::membership(
+            &mut frame,
+            &gr.name,
+            gr.view,
+            ViewKind::Regular,
+            reason,
+            [changed],
+            members,
+        );
+        for &id in &gr.local {
+            if let Some(buf) = out.out(id) {
+                buf.extend_from_slice(&frame);
+                self.stats.notifications += 1;
+            }
+        }
+        if let Some(id) = leaver {
+            frame.clear();
+            encode::membership(
+                &mut frame,
+                &gr.name,
+                gr.view,
+                ViewKind::Regular,
+                reason,
+                [changed],
+                std::iter::empty(),
+            );
+            if let Some(buf) = out.out(id) {
+                buf.extend_from_slice(&frame);
+                self.stats.notifications += 1;
+            }
+        }
+        self.scratch_frame = frame;
+    }
+
+    fn is_member(&self, sender: &str, g: &Group) -> bool {
+        self.by_name.get(sender).is_some_and(|c| {
+            g.members
+                .binary_search_by(|&m| self.client_name(m).cmp(sender))
+                .is_ok_and(|i| g.members[i] == *c)
+        })
+    }
+
+    /// Checks every target before anything is delivered: a message goes to all its
+    /// targets or to none.
+    fn check_targets(
+        &self,
+        sender: &str,
+        groups: GroupList<'_>,
+    ) -> Result<(), (ErrorCode, String)> {
+        for target in groups {
+            if names::is_private_name(target) {
+                if !self.by_name.contains_key(target) {
+                    return Err((
+                        ErrorCode::UnknownRecipient,
+                        format!("no client is named {target:?}; message not delivered"),
+                    ));
+                }
+                continue;
+            }
+            if let Err(e) = names::check_group(target) {
+                return Err((
+                    ErrorCode::BadGroupName,
+                    format!("cannot send to {target:?}: {e}"),
+                ));
+            }
+            if !self.any_closed {
+                continue;
+            }
+            let closed = match self.groups_by_name.get(target) {
+                Some(&g) => {
+                    let gr = self.groups[g as usize].as_ref().expect("live group");
+                    gr.closed && !self.is_member(sender, gr)
+                }
+                None => self.config.groups.openness(target) == Openness::Closed,
+            };
+            if closed {
+                return Err((
+                    ErrorCode::NotPermitted,
+                    format!("group {target:?} is closed and the sender is not a member"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn data(
+        &mut self,
+        sender: &str,
+        service: Service,
+        msg_type: u16,
+        groups: GroupList<'_>,
+        payload: &[u8],
+        out: &mut dyn Outbox,
+    ) {
+        self.stats.messages += 1;
+        if let Err((code, reason)) = self.check_targets(sender, groups) {
+            return self.error(sender, code, &reason, out);
+        }
+        let mut write = |stats: &mut TableStats, id: LocalId| {
+            if let Some(buf) = out.out(id) {
+                encode::data(buf, sender, groups, service, msg_type, payload);
+                stats.deliveries += 1;
+                stats.delivered_bytes += payload.len() as u64;
+            }
+        };
+        if groups.len() == 1 {
+            // The common case: one target, whose recipients are distinct already.
+            let target = groups.iter().next().unwrap_or("");
+            if names::is_private_name(target) {
+                if let Some(id) = self.local_of(target) {
+                    write(&mut self.stats, id);
+                }
+            } else if let Some(&g) = self.groups_by_name.get(target)
+                && let Some(gr) = self.groups[g as usize].as_ref()
+            {
+                for &id in &gr.local {
+                    write(&mut self.stats, id);
+                }
+            }
+            return;
+        }
+        // Several targets: a client in more than one of them gets the message once.
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        for target in groups {
+            if names::is_private_name(target) {
+                ids.extend(self.local_of(target));
+            } else if let Some(&g) = self.groups_by_name.get(target)
+                && let Some(gr) = self.groups[g as usize].as_ref()
+            {
+                ids.extend_from_slice(&gr.local);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        for &id in &ids {
+            write(&mut self.stats, id);
+        }
+        self.scratch_ids = ids;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::event::{group_list_bytes, group_list_of};
+    use conclave_control::wire::client::{
+        DEFAULT_MAX_PAYLOAD, DaemonFrame, decode_daemon, max_frame_len, split_frame,
+    };
+
+    /// A daemon's local clients, collecting what the table writes for each.
+    #[derive(Default)]
+    struct Boxes(HashMap<LocalId, Vec<u8>>);
+
+    impl Outbox for Boxes {
+        fn out(&mut self, id: LocalId) -> Option<&mut Vec<u8>> {
+            self.0.get_mut(&id)
+        }
+    }
+
+    /// What a client saw, in a comparable form.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Seen {
+        Data(String, Vec<String>, Vec<u8>),
+        View(String, ViewId, MembershipReason, String, Vec<String>),
+        Error(ErrorCode),
+    }
+
+    impl Boxes {
+        fn take(&mut self, id: LocalId) -> Vec<Seen> {
+            let buf = std::mem::take(self.0.get_mut(&id).unwrap());
+            let mut rest = &buf[..];
+            let mut seen = Vec::new();
+            while let Some((body, used)) =
+                split_frame(rest, max_frame_len(DEFAULT_MAX_PAYLOAD)).unwrap()
+            {
+                seen.push(match decode_daemon(body).unwrap() {
+                    DaemonFrame::Data {
+                        sender,
+                        groups,
+                        payload,
+                        ..
+                    } => Seen::Data(
+                        sender.into(),
+                        groups.iter().map(String::from).collect(),
+                        payload.to_vec(),
+                    ),
+                    DaemonFrame::Membership {
+                        group,
+                        view_id,
+                        reason,
+                        changed,
+                        members,
+                        ..
+                    } => Seen::View(
+                        group.into(),
+                        view_id,
+                        reason,
+                        changed.iter().collect::<Vec<_>>().join(","),
+                        members.iter().map(String::from).collect(),
+                    ),
+                    DaemonFrame::Error { code, .. } => Seen::Error(code),
+                    other => panic!("unexpected {other:?}"),
+                });
+                rest = &rest[used..];
+            }
+            assert!(rest.is_empty());
+            seen
+        }
+    }
+
+    struct World {
+        table: GroupTable,
+        boxes: Boxes,
+    }
+
+    fn world(closed: &[&str]) -> World {
+        World {
+            table: GroupTable::new(TableConfig {
+                groups: GroupsConfig {
+                    default: Openness::Open,
+                    closed: closed.iter().map(|s| s.to_string()).collect(),
+                    open: vec![],
+                },
+                max_groups_per_client: 3,
+                epoch: 1,
+            }),
+            boxes: Boxes::default(),
+        }
+    }
+
+    impl World {
+        fn connect(&mut self, name: &str, id: LocalId) {
+            self.table.bind_local(name, id);
+            self.boxes.0.insert(id, Vec::new());
+            self.apply(Event::Connect { client: name });
+        }
+        fn apply(&mut self, e: Event<'_>) {
+            self.table.apply(&e, &mut self.boxes);
+        }
+        fn join(&mut self, client: &str, group: &str) {
+            self.apply(Event::Join { client, group });
+        }
+        fn send(&mut self, sender: &str, targets: &[&str], payload: &[u8]) {
+            let list = group_list_bytes(targets.iter().copied());
+            self.apply(Event::Data {
+                sender,
+                service: Service::Agreed,
+                msg_type: 0,
+                groups: group_list_of(&list).unwrap(),
+                payload,
+            });
+        }
+    }
+
+    fn view(
+        group: &str,
+        seq: u64,
+        reason: MembershipReason,
+        changed: &str,
+        members: &[&str],
+    ) -> Seen {
+        Seen::View(
+            group.into(),
+            ViewId { epoch: 1, seq },
+            reason,
+            changed.into(),
+            members.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn joins_and_leaves_give_sorted_views_with_increasing_ids() {
+        let mut w = world(&[]);
+        w.connect("#b#d", 1);
+        w.connect("#a#d", 2);
+        w.join("#b#d", "g");
+        w.join("#a#d", "g");
+        use MembershipReason::*;
+        assert_eq!(
+            w.boxes.take(1),
+            [
+                view("g", 1, Join, "#b#d", &["#b#d"]),
+                view("g", 2, Join, "#a#d", &["#a#d", "#b#d"])
+            ]
+        );
+        assert_eq!(
+            w.boxes.take(2),
+            [view("g", 2, Join, "#a#d", &["#a#d", "#b#d"])]
+        );
+        w.apply(Event::Leave {
+            client: "#a#d",
+            group: "g",
+        });
+        assert_eq!(w.boxes.take(1), [view("g", 3, Leave, "#a#d", &["#b#d"])]);
+        assert_eq!(w.boxes.take(2), [view("g", 3, Leave, "#a#d", &[])]);
+        w.apply(Event::Disconnect { client: "#b#d" });
+        assert!(w.table.groups().is_empty(), "an empty group is dropped");
+        // The group comes back with a later view id than any it had.
+        w.join("#a#d", "g");
+        assert_eq!(w.boxes.take(2), [view("g", 5, Join, "#a#d", &["#a#d"])]);
+    }
+
+    #[test]
+    fn disconnect_notifies_every_group_of_the_client() {
+        let mut w = world(&[]);
+        w.connect("#a#d", 1);
+        w.connect("#b#d", 2);
+        for g in ["x", "y"] {
+            w.join("#a#d", g);
+            w.join("#b#d", g);
+        }
+        w.boxes.take(1);
+        w.boxes.take(2);
+        w.apply(Event::Disconnect { client: "#b#d" });
+        use MembershipReason::Disconnect;
+        assert_eq!(
+            w.boxes.take(1),
+            [
+                view("x", 5, Disconnect, "#b#d", &["#a#d"]),
+                view("y", 6, Disconnect, "#b#d", &["#a#d"])
+            ]
+        );
+        assert!(!w.table.has_client("#b#d"));
+        assert_eq!(w.table.groups_of("#a#d"), ["x", "y"]);
+    }
+
+    #[test]
+    fn delivery_self_multi_group_once_and_open_groups() {
+        let mut w = world(&[]);
+        w.connect("#a#d", 1);
+        w.connect("#b#d", 2);
+        w.connect("#c#d", 3);
+        w.join("#a#d", "x");
+        w.join("#b#d", "x");
+        w.join("#b#d", "y");
+        for id in 1..=3 {
+            w.boxes.take(id);
+        }
+        w.send("#a#d", &["x", "y"], b"m1");
+        let m1 = Seen::Data("#a#d".into(), vec!["x".into(), "y".into()], b"m1".to_vec());
+        assert_eq!(w.boxes.take(1), std::slice::from_ref(&m1), "self-delivery");
+        assert_eq!(w.boxes.take(2), [m1], "once though in both groups");
+        assert!(w.boxes.take(3).is_empty(), "not a member");
+        // A non-member may send to an open group; it does not receive its own message.
+        w.send("#c#d", &["y"], b"m2");
+        assert_eq!(
+            w.boxes.take(2),
+            [Seen::Data("#c#d".into(), vec!["y".into()], b"m2".to_vec())]
+        );
+        assert!(w.boxes.take(3).is_empty());
+        assert!(w.boxes.take(1).is_empty());
+        // A group nobody joined swallows the message without error.
+        w.send("#c#d", &["empty"], b"m3");
+        assert!(w.boxes.take(3).is_empty());
+        assert_eq!(w.table.stats().deliveries, 3);
+    }
+
+    #[test]
+    fn private_names_address_one_client() {
+        let mut w = world(&[]);
+        w.connect("#a#d", 1);
+        w.connect("#b#d", 2);
+        w.send("#a#d", &["#b#d"], b"hi");
+        assert_eq!(
+            w.boxes.take(2),
+            [Seen::Data(
+                "#a#d".into(),
+                vec!["#b#d".into()],
+                b"hi".to_vec()
+            )]
+        );
+        assert!(w.boxes.take(1).is_empty());
+        w.send("#a#d", &["#nobody#d"], b"hi");
+        assert_eq!(w.boxes.take(1), [Seen::Error(ErrorCode::UnknownRecipient)]);
+        // All or nothing: one unknown target stops delivery to the others.
+        w.send("#a#d", &["#b#d", "#nobody#d"], b"hi");
+        assert!(w.boxes.take(2).is_empty());
+        assert_eq!(w.boxes.take(1), [Seen::Error(ErrorCode::UnknownRecipient)]);
+        // A private name and a group holding the same client: delivered once.
+        w.join("#b#d", "g");
+        w.boxes.take(2);
+        w.send("#a#d", &["#b#d", "g"], b"x");
+        assert_eq!(w.boxes.take(2).len(), 1);
+    }
+
+    #[test]
+    fn closed_groups_refuse_non_members() {
+        let mut w = world(&["secret*"]);
+        w.connect("#a#d", 1);
+        w.connect("#b#d", 2);
+        w.join("#a#d", "secret1");
+        w.boxes.take(1);
+        w.send("#b#d", &["secret1"], b"no");
+        assert_eq!(w.boxes.take(2), [Seen::Error(ErrorCode::NotPermitted)]);
+        assert!(w.boxes.take(1).is_empty());
+        w.send("#b#d", &["secret-nobody-joined"], b"no");
+        assert_eq!(w.boxes.take(2), [Seen::Error(ErrorCode::NotPermitted)]);
+        w.send("#a#d", &["secret1"], b"yes");
+        assert_eq!(w.boxes.take(1).len(), 1);
+        assert_eq!(w.table.stats().errors[ErrorCode::NotPermitted as usize], 2);
+    }
+
+    #[test]
+    fn request_errors() {
+        let mut w = world(&[]);
+        w.connect("#a#d", 1);
+        w.join("#a#d", "g");
+        w.boxes.take(1);
+        w.join("#a#d", "g");
+        w.apply(Event::Leave {
+            client: "#a#d",
+            group: "other",
+        });
+        w.join("#a#d", "bad name");
+        w.join("#a#d", "#a#d");
+        w.join("#a#d", "g2");
+        w.join("#a#d", "g3");
+        w.boxes.take(1);
+        w.join("#a#d", "g4");
+        w.send("#a#d", &["x".repeat(33).as_str()], b"");
+        use ErrorCode::*;
+        let mut seen = w.boxes.take(1);
+        seen.retain(|s| matches!(s, Seen::Error(_)));
+        assert_eq!(
+            seen,
+            [Seen::Error(TooManyGroups), Seen::Error(BadGroupName)]
+        );
+        let e = &w.table.stats().errors;
+        assert_eq!(
+            (
+                e[AlreadyJoined as usize],
+                e[NotJoined as usize],
+                e[BadGroupName as usize]
+            ),
+            (1, 1, 3)
+        );
+    }
+
+    #[test]
+    fn daemons_applying_the_same_events_agree() {
+        // Two daemons, each with one local client, fed the same event sequence.
+        let events_src: Vec<(u8, &str, &str)> = vec![
+            (0, "#a#d1", ""),
+            (0, "#b#d2", ""),
+            (1, "#b#d2", "g"),
+            (1, "#a#d1", "g"),
+            (2, "#a#d1", "g"),
+            (1, "#a#d1", "h"),
+            (3, "#b#d2", ""),
+        ];
+        let mut d1 = world(&[]);
+        let mut d2 = world(&[]);
+        d1.table.bind_local("#a#d1", 1);
+        d1.boxes.0.insert(1, Vec::new());
+        d2.table.bind_local("#b#d2", 1);
+        d2.boxes.0.insert(1, Vec::new());
+        for w in [&mut d1, &mut d2] {
+            for &(kind, client, group) in &events_src {
+                w.apply(match kind {
+                    0 => Event::Connect { client },
+                    1 => Event::Join { client, group },
+                    2 => Event::Leave { client, group },
+                    _ => Event::Disconnect { client },
+                });
+            }
+        }
+        assert_eq!(d1.table.groups(), d2.table.groups());
+        assert_eq!(d1.table.groups()[0].view, ViewId { epoch: 1, seq: 4 });
+        // b's daemon saw b join (view 1), a join (2), a leave (3); a's saw its own three.
+        assert_eq!(d2.boxes.take(1).len(), 3);
+        assert_eq!(d1.boxes.take(1).len(), 3);
+    }
+}

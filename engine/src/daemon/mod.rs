@@ -1,0 +1,1 @@
+//! Daemon runtime (in progress).
