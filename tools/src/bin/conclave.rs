@@ -1,2 +1,584 @@
-//! placeholder
-fn main() {}
+//! `conclave`: the interactive client (`user`), the flooder (`flood`) and `status`.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use conclave::{Connection, DaemonFrame, Event, Service, ViewId};
+use conclave_tools::flood::{self, Latency, MSG_DATA, MSG_END, Report};
+use hdrhistogram::Histogram;
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+
+#[derive(Parser)]
+#[command(name = "conclave", version, about = "Conclave client tools")]
+struct Cli {
+    /// Daemon address: unix:/path, /path or host:port (default: the Unix socket
+    /// /tmp/conclave-4803.sock if it exists, else 127.0.0.1:4803).
+    #[arg(long, global = true)]
+    daemon: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Interactive client (like Spread's spuser); type `h` for help.
+    User {
+        /// Private name to ask for (default: the daemon picks one).
+        #[arg(long, short)]
+        name: Option<String>,
+    },
+    /// Send or receive a flood of messages and print the rates (and latency).
+    Flood(FloodArgs),
+    /// Pretty-print the daemon's status: clients, groups, counters.
+    Status {
+        /// Print the JSON exactly as the daemon sent it.
+        #[arg(long)]
+        raw: bool,
+    },
+}
+
+#[derive(Args)]
+struct FloodArgs {
+    #[command(subcommand)]
+    mode: FloodMode,
+}
+
+#[derive(Args, Clone)]
+struct FloodCommon {
+    /// Group to flood.
+    #[arg(long, short, default_value = "flood")]
+    group: String,
+    /// Data messages to send (or expect).
+    #[arg(long, short = 'n', default_value_t = 100_000)]
+    count: u64,
+    /// Payload bytes per message.
+    #[arg(long, short, default_value_t = 100)]
+    size: usize,
+    /// Service: unreliable, reliable, fifo, causal, agreed, safe.
+    #[arg(long, default_value = "agreed", value_parser = parse_service)]
+    service: Service,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Print the report as one JSON line (for conclave-bench).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum FloodMode {
+    /// Send `count` messages of `size` bytes, pipelined in large write batches.
+    Send {
+        #[command(flatten)]
+        common: FloodCommon,
+        /// Pace to this many messages per second (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Also join the group and receive our own messages (reports latency).
+        #[arg(long = "self")]
+        self_receive: bool,
+    },
+    /// Join the group, print `flood receiver ready`, receive until the sender's end
+    /// message (or `count` messages), and report rates and latency.
+    Recv {
+        #[command(flatten)]
+        common: FloodCommon,
+        /// Stop when nothing arrived for this many seconds after the first message.
+        #[arg(long, default_value_t = 10.0)]
+        idle: f64,
+    },
+}
+
+fn parse_service(s: &str) -> Result<Service, String> {
+    Service::from_name(s).ok_or_else(|| {
+        format!("unknown service {s:?}: one of unreliable, reliable, fifo, causal, agreed, safe")
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let addr = match conclave_tools::address_or_default(cli.daemon.as_deref()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("conclave: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::User { name } => user(&addr, name.as_deref().unwrap_or("")),
+        Command::Status { raw } => status(&addr, raw),
+        Command::Flood(FloodArgs { mode }) => match mode {
+            FloodMode::Send {
+                common,
+                rate,
+                self_receive,
+            } => flood_send(&addr, &common, rate, self_receive),
+            FloodMode::Recv { common, idle } => flood_recv(&addr, &common, idle),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("conclave: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn status(addr: &conclave::Address, raw: bool) -> AnyResult<()> {
+    let mut conn = Connection::connect(addr)?;
+    let json = conn.status()?;
+    conn.disconnect()?;
+    if raw {
+        println!("{json}");
+    } else {
+        let value: serde_json::Value = serde_json::from_str(&json)?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- user
+
+const USER_HELP: &str = "\
+commands:
+  j <group>                      join
+  l <group>                      leave
+  s <group>[,<group>...] <text>  send (agreed)
+  s <service> <group>[,...] <text>  send with a service (unreliable..safe)
+  p <#user#daemon> <text>        send to one client
+  r                              receive what is waiting (1 s)
+  m [group]                      show memberships
+  t                              daemon status
+  h                              this help
+  q                              quit";
+
+struct UserState {
+    views: BTreeMap<String, (ViewId, Vec<String>)>,
+}
+
+fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
+    let mut conn = Connection::connect_as(addr, name)?;
+    println!(
+        "connected to {} ({}) as {}; h for help",
+        conn.daemon_name(),
+        addr,
+        conn.private_name()
+    );
+    let mut state = UserState {
+        views: BTreeMap::new(),
+    };
+    let stdin = io::stdin();
+    let mut line_buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    prompt();
+    loop {
+        // Events already read (e.g. while waiting for a status) do not wake poll.
+        while let Some(ev) = conn.receive(Duration::ZERO)? {
+            show_event(&mut state, ev);
+        }
+        let (stdin_ready, conn_ready) = {
+            let mut fds = [
+                PollFd::new(&stdin, PollFlags::IN),
+                PollFd::from_borrowed_fd(conn.as_fd(), PollFlags::IN),
+            ];
+            let timeout = Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            };
+            match poll(&mut fds, Some(&timeout)) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let stop = PollFlags::IN | PollFlags::HUP | PollFlags::ERR;
+            (
+                fds[0].revents().intersects(stop),
+                fds[1].revents().intersects(stop),
+            )
+        };
+        if conn_ready {
+            match conn.receive(Duration::from_millis(10)) {
+                Ok(Some(ev)) => show_event(&mut state, ev),
+                Ok(None) => {}
+                Err(conclave::Error::Closed { reason }) => {
+                    println!("\nconnection closed: {reason}");
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if stdin_ready {
+            let n = stdin.lock().read(&mut chunk)?;
+            if n == 0 {
+                conn.disconnect()?;
+                return Ok(());
+            }
+            line_buf.extend_from_slice(&chunk[..n]);
+            while let Some(pos) = line_buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = line_buf.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(&line).trim().to_owned();
+                match user_command(&mut conn, &mut state, &line) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        conn.disconnect()?;
+                        return Ok(());
+                    }
+                    Err(conclave::Error::Closed { reason }) => {
+                        println!("connection closed: {reason}");
+                        return Ok(());
+                    }
+                    Err(e) => println!("error: {e}"),
+                }
+                prompt();
+            }
+        }
+    }
+}
+
+fn prompt() {
+    print!("> ");
+    let _ = io::stdout().flush();
+}
+
+/// Runs one command line; false means quit.
+fn user_command(
+    conn: &mut Connection,
+    state: &mut UserState,
+    line: &str,
+) -> conclave::Result<bool> {
+    let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let rest = rest.trim();
+    match cmd {
+        "" => {}
+        "j" => conn.join(rest)?,
+        "l" => conn.leave(rest)?,
+        "s" => {
+            let (first, after) = rest.split_once(' ').unwrap_or((rest, ""));
+            let (service, targets, text) = match Service::from_name(first) {
+                Some(service) if after.contains(' ') || !after.is_empty() => {
+                    let (t, text) = after.split_once(' ').unwrap_or((after, ""));
+                    (service, t, text)
+                }
+                _ => (Service::Agreed, first, after),
+            };
+            let targets: Vec<&str> = targets.split(',').filter(|t| !t.is_empty()).collect();
+            conn.multicast(service, &targets, 0, text.as_bytes())?;
+        }
+        "p" => {
+            let (to, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            conn.send_to(to, Service::Agreed, 0, text.as_bytes())?;
+        }
+        "r" => {
+            let mut any = false;
+            while let Some(ev) = conn.receive(Duration::from_secs(1))? {
+                show_event(state, ev);
+                any = true;
+                if !conn_has_more(conn) {
+                    break;
+                }
+            }
+            if !any {
+                println!("nothing received");
+            }
+        }
+        "m" => {
+            for (group, (view, members)) in &state.views {
+                if rest.is_empty() || rest == group {
+                    println!("{group} view {view}: {}", members.join(" "));
+                }
+            }
+            if state.views.is_empty() {
+                println!("no memberships");
+            }
+        }
+        "t" => {
+            let json = conn.status()?;
+            match serde_json::from_str::<serde_json::Value>(&json) {
+                Ok(v) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).unwrap_or(json.clone())
+                ),
+                Err(_) => println!("{json}"),
+            }
+        }
+        "h" | "?" => println!("{USER_HELP}"),
+        "q" => return Ok(false),
+        other => println!("unknown command {other:?}; h for help"),
+    }
+    Ok(true)
+}
+
+/// Whether another event can be had without waiting long.
+fn conn_has_more(conn: &Connection) -> bool {
+    let mut fds = [PollFd::from_borrowed_fd(conn.as_fd(), PollFlags::IN)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+}
+
+fn show_event(state: &mut UserState, ev: Event) {
+    match ev {
+        Event::Data {
+            sender,
+            groups,
+            service,
+            msg_type,
+            payload,
+        } => println!(
+            "\n[{} from {sender} to {} type {msg_type}] {}",
+            service.name(),
+            groups.join(","),
+            String::from_utf8_lossy(&payload)
+        ),
+        Event::Membership {
+            group,
+            view_id,
+            kind,
+            reason,
+            changed,
+            members,
+        } => {
+            println!(
+                "\n[membership {group} view {view_id} {kind:?}: {reason:?} of {}] members: {}",
+                changed.join(","),
+                members.join(" ")
+            );
+            if members.is_empty() {
+                state.views.remove(&group);
+            } else {
+                state.views.insert(group, (view_id, members));
+            }
+        }
+        Event::Error { code, reason } => println!("\n[error {code:?}] {reason}"),
+        Event::Status { json } => println!("\n[status] {json}"),
+        Event::Goodbye { reason } => println!("\n[goodbye] {reason}"),
+    }
+    prompt();
+}
+
+// ---------------------------------------------------------------- flood
+
+fn flood_send(
+    addr: &conclave::Address,
+    c: &FloodCommon,
+    rate: u64,
+    self_receive: bool,
+) -> AnyResult<()> {
+    let deadline = Instant::now() + Duration::from_secs_f64(c.timeout);
+    let mut conn = Connection::connect(addr)?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut own = OwnReceipt::default();
+    if self_receive {
+        conn.join(&c.group)?;
+    }
+    let groups = [c.group.as_str()];
+    let mut payload = vec![0xa5u8; c.size];
+    let start = Instant::now();
+    let pace = (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64));
+    let mut sent = 0u64;
+    while sent < c.count {
+        flood::stamp(&mut payload, sent, flood::now_ns());
+        conn.multicast_buffered(c.service, &groups, MSG_DATA, &payload)?;
+        sent += 1;
+        if let Some(pace) = pace {
+            conn.flush()?;
+            let due = start + pace.mul_f64(sent as f64);
+            while Instant::now() < due {
+                if self_receive {
+                    drain_own(&mut conn, &mut hist, &mut own, Duration::ZERO)?;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        if sent.is_multiple_of(1024) {
+            if self_receive {
+                drain_own(&mut conn, &mut hist, &mut own, Duration::ZERO)?;
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+        }
+    }
+    let mut end = [0u8; flood::STAMP_LEN];
+    flood::stamp(&mut end, sent, flood::now_ns());
+    conn.multicast_buffered(c.service, &groups, MSG_END, &end)?;
+    conn.flush()?;
+    let elapsed = start.elapsed();
+    if self_receive {
+        while !own.ended && Instant::now() < deadline {
+            drain_own(&mut conn, &mut hist, &mut own, Duration::from_millis(100))?;
+        }
+    }
+    conn.disconnect()?;
+    let mut report = Report {
+        role: "send".into(),
+        transport: addr.transport().into(),
+        size: c.size,
+        service: c.service.name().into(),
+        messages: sent,
+        bytes: sent * c.size as u64,
+        complete: sent == c.count,
+        latency: (!hist.is_empty()).then(|| Latency::from_histogram(&hist)),
+        ..Report::default()
+    };
+    report.set_rates(elapsed);
+    if self_receive {
+        report.missing = sent.saturating_sub(own.received);
+    }
+    print_report(&report, c.json);
+    Ok(())
+}
+
+#[derive(Default)]
+struct OwnReceipt {
+    received: u64,
+    ended: bool,
+}
+
+fn drain_own(
+    conn: &mut Connection,
+    hist: &mut Histogram<u64>,
+    own: &mut OwnReceipt,
+    wait: Duration,
+) -> conclave::Result<()> {
+    conn.receive_frames(wait, |frame| {
+        if let DaemonFrame::Data {
+            msg_type, payload, ..
+        } = frame
+        {
+            if *msg_type == MSG_END {
+                own.ended = true;
+            } else if *msg_type == MSG_DATA {
+                own.received += 1;
+                if let Some((_, at)) = flood::read_stamp(payload) {
+                    let _ = hist.record(flood::now_ns().saturating_sub(at).max(1));
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn flood_recv(addr: &conclave::Address, c: &FloodCommon, idle: f64) -> AnyResult<()> {
+    let deadline = Instant::now() + Duration::from_secs_f64(c.timeout);
+    let idle = Duration::from_secs_f64(idle);
+    let mut conn = Connection::connect(addr)?;
+    conn.join(&c.group)?;
+    // Ready only once our join is in the view, so the sender's first message reaches us.
+    let me = conn.private_name().to_owned();
+    loop {
+        if Instant::now() > deadline {
+            return Err("timed out waiting for our own join".into());
+        }
+        match conn.receive(Duration::from_millis(200))? {
+            Some(Event::Membership { group, members, .. })
+                if group == c.group && members.contains(&me) =>
+            {
+                break;
+            }
+            Some(Event::Error { code, reason }) => {
+                return Err(format!("join refused ({code:?}): {reason}").into());
+            }
+            _ => {}
+        }
+    }
+    println!("flood receiver ready");
+    io::stdout().flush()?;
+
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut received = 0u64;
+    let mut bytes = 0u64;
+    let mut out_of_order = 0u64;
+    let mut next_seq = 0u64;
+    let mut expected: Option<u64> = None;
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    let mut goodbye: Option<String> = None;
+    let complete = loop {
+        if expected.is_some_and(|n| received >= n) || received >= c.count && expected.is_none() {
+            break true;
+        }
+        let now = Instant::now();
+        if now > deadline || first.is_some_and(|_| now.duration_since(last) > idle) {
+            break false;
+        }
+        let got = match conn.receive_frames(Duration::from_millis(200), |frame| match frame {
+            DaemonFrame::Data {
+                msg_type, payload, ..
+            } => {
+                if *msg_type == MSG_END {
+                    expected = flood::read_stamp(payload).map(|(n, _)| n);
+                } else if *msg_type == MSG_DATA {
+                    received += 1;
+                    bytes += payload.len() as u64;
+                    if let Some((seq, at)) = flood::read_stamp(payload) {
+                        if seq != next_seq {
+                            out_of_order += 1;
+                        }
+                        next_seq = seq + 1;
+                        let _ = hist.record(flood::now_ns().saturating_sub(at).max(1));
+                    }
+                }
+            }
+            DaemonFrame::Goodbye { reason } => goodbye = Some((*reason).to_owned()),
+            _ => {}
+        }) {
+            Ok(n) => n,
+            Err(conclave::Error::Closed { reason }) => {
+                goodbye.get_or_insert(reason);
+                0
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if got > 0 {
+            last = Instant::now();
+            if first.is_none() && received > 0 {
+                first = Some(last);
+            }
+        }
+        if let Some(reason) = &goodbye {
+            return Err(format!("daemon said goodbye: {reason}").into());
+        }
+    };
+    let _ = conn.disconnect();
+    let total = expected.unwrap_or(c.count);
+    let mut report = Report {
+        role: "recv".into(),
+        transport: addr.transport().into(),
+        size: c.size,
+        service: c.service.name().into(),
+        // The clock starts at the first message, so it is not counted in the rate.
+        messages: received.saturating_sub(1),
+        bytes: bytes.saturating_sub(c.size as u64),
+        missing: total.saturating_sub(received),
+        out_of_order,
+        complete,
+        latency: (!hist.is_empty()).then(|| Latency::from_histogram(&hist)),
+        ..Report::default()
+    };
+    report.set_rates(first.map(|f| last.duration_since(f)).unwrap_or_default());
+    report.messages = received;
+    report.bytes = bytes;
+    print_report(&report, c.json);
+    Ok(())
+}
+
+fn print_report(report: &Report, json: bool) {
+    if json {
+        match serde_json::to_string(report) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("conclave: cannot encode report: {e}"),
+        }
+    } else {
+        println!("{}", report.human());
+    }
+}
