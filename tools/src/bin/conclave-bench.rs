@@ -1,2 +1,536 @@
-//! placeholder
-fn main() {}
+//! `conclave-bench`: reproducible benchmarks against real daemon processes.
+//!
+//! `conclave-bench flood` starts a `conclaved` from the same target directory, then for
+//! each transport x size runs one receiver and one sender process (`conclave flood`),
+//! repeats each configuration, and reports medians (min-max) at the receiver as a table,
+//! a CSV and an SVG plot. Further subcommands (`keys`, `ring`) slot into [`Command`].
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command as Process, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use conclave::Service;
+use conclave_tools::flood::{Report, median_min_max};
+
+#[derive(Parser)]
+#[command(name = "conclave-bench", version, about = "Conclave benchmark harness")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Throughput (and latency) of one sender to one receiver through one daemon.
+    Flood(FloodBench),
+}
+
+#[derive(Args)]
+struct FloodBench {
+    /// Transports to measure (unix, tcp), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "unix,tcp")]
+    transports: Vec<String>,
+    /// Payload sizes in bytes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1024,8192")]
+    sizes: Vec<usize>,
+    /// Service of every message.
+    #[arg(long, default_value = "agreed")]
+    service: String,
+    /// Repeats of each configuration (the table shows the median and the range).
+    #[arg(long, short = 'k', default_value_t = 3)]
+    repeats: usize,
+    /// Messages per run (default: about 1 s of traffic at the targets, by size).
+    #[arg(long, short = 'n')]
+    count: Option<u64>,
+    /// Tuning profile passed to conclaved.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Extra conclaved config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Measure an already running daemon at these addresses instead of starting one
+    /// (`unix=PATH`, `tcp=HOST:PORT`).
+    #[arg(long, value_delimiter = ',')]
+    external: Vec<String>,
+    /// Output directory for the CSV and SVG (default: target/bench next to the binary).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seconds one run may take before it is abandoned.
+    #[arg(long, default_value_t = 120)]
+    run_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Flood(args) => flood(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("conclave-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// A child process killed when dropped, so no run leaves a stray daemon behind.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = Process::new("kill")
+                .arg("-TERM")
+                .arg(self.0.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a child's stdout, read on a thread so that waiting can time out.
+fn line_reader(out: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(
+    rx: &mpsc::Receiver<String>,
+    pred: impl Fn(&str) -> bool,
+    timeout: Duration,
+    what: &str,
+) -> AnyResult<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if pred(&line) => return Ok(line),
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(format!("timed out waiting for {what}").into());
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(format!("{what}: the process exited first").into());
+            }
+        }
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+struct DaemonProc {
+    _child: Reaped,
+    unix: String,
+    tcp: String,
+    _dir: PathBuf,
+}
+
+fn start_daemon(args: &FloodBench) -> AnyResult<DaemonProc> {
+    let bin = conclave_tools::sibling_binary("conclaved")?;
+    let dir = std::env::temp_dir().join(format!("conclave-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("daemon.sock");
+    let port = free_port()?;
+    let mut cmd = Process::new(&bin);
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("--port")
+        .arg(port.to_string());
+    if let Some(p) = &args.profile {
+        cmd.arg("--profile").arg(p);
+    }
+    if let Some(c) = &args.config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let out = child.stdout.take().ok_or("no stdout from conclaved")?;
+    let child = Reaped(child);
+    let rx = line_reader(out);
+    let ready = wait_line(
+        &rx,
+        |l| l.starts_with("conclaved ready"),
+        Duration::from_secs(20),
+        "conclaved ready",
+    )?;
+    eprintln!("{ready}");
+    Ok(DaemonProc {
+        _child: child,
+        unix: format!("unix:{}", socket.display()),
+        tcp: format!("127.0.0.1:{port}"),
+        _dir: dir,
+    })
+}
+
+fn default_count(size: usize) -> u64 {
+    match size {
+        0..=256 => 1_000_000,
+        257..=2048 => 500_000,
+        _ => 200_000,
+    }
+}
+
+/// One measured run: the receiver's report (and the sender's, for its send rate).
+fn run_once(
+    conclave: &Path,
+    daemon: &str,
+    group: &str,
+    size: usize,
+    count: u64,
+    service: &str,
+    timeout: Duration,
+) -> AnyResult<(Report, Report)> {
+    let secs = timeout.as_secs().to_string();
+    let mut recv = Process::new(conclave);
+    recv.args([
+        "--daemon", daemon, "flood", "recv", "--json", "--group", group,
+    ])
+    .args(["--size", &size.to_string(), "--count", &count.to_string()])
+    .args(["--service", service, "--timeout", &secs])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    let mut recv = recv.spawn()?;
+    let rout = recv.stdout.take().ok_or("no stdout from the receiver")?;
+    let recv = Reaped(recv);
+    let rrx = line_reader(rout);
+    wait_line(
+        &rrx,
+        |l| l == "flood receiver ready",
+        Duration::from_secs(20),
+        "the flood receiver",
+    )?;
+    let mut send = Process::new(conclave);
+    send.args([
+        "--daemon", daemon, "flood", "send", "--json", "--group", group,
+    ])
+    .args(["--size", &size.to_string(), "--count", &count.to_string()])
+    .args(["--service", service, "--timeout", &secs])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    let mut send = send.spawn()?;
+    let mut sout = send.stdout.take().ok_or("no stdout from the sender")?;
+    let send = Reaped(send);
+    let line = wait_line(
+        &rrx,
+        |l| l.starts_with('{'),
+        timeout,
+        "the receiver's report",
+    )?;
+    let recv_report: Report = serde_json::from_str(&line)?;
+    let mut sline = String::new();
+    sout.read_to_string(&mut sline)?;
+    drop(send);
+    drop(recv);
+    let send_report: Report =
+        serde_json::from_str(sline.trim()).map_err(|e| format!("sender report {sline:?}: {e}"))?;
+    Ok((recv_report, send_report))
+}
+
+/// Picks one measured series out of a row.
+type Metric = fn(&Row) -> &Vec<f64>;
+
+struct Row {
+    transport: String,
+    size: usize,
+    msgs: Vec<f64>,
+    mbs: Vec<f64>,
+    send_msgs: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    missing: u64,
+}
+
+fn flood(args: FloodBench) -> AnyResult<()> {
+    let service = Service::from_name(&args.service)
+        .ok_or_else(|| format!("unknown service {:?}", args.service))?;
+    let conclave = conclave_tools::sibling_binary("conclave")?;
+    let out_dir = match &args.out {
+        Some(d) => d.clone(),
+        None => {
+            let exe = std::env::current_exe()?;
+            // target/<profile>/conclave-bench -> target/bench
+            exe.parent()
+                .and_then(Path::parent)
+                .map(|t| t.join("bench"))
+                .unwrap_or_else(|| PathBuf::from("bench"))
+        }
+    };
+    std::fs::create_dir_all(&out_dir)?;
+
+    let mut external_unix = None;
+    let mut external_tcp = None;
+    for e in &args.external {
+        match e.split_once('=') {
+            Some(("unix", p)) => external_unix = Some(format!("unix:{p}")),
+            Some(("tcp", a)) => external_tcp = Some(a.to_owned()),
+            _ => return Err(format!("bad --external {e:?}: unix=PATH or tcp=HOST:PORT").into()),
+        }
+    }
+    let daemon = if args.external.is_empty() {
+        Some(start_daemon(&args)?)
+    } else {
+        None
+    };
+    let addr_of = |t: &str| -> AnyResult<String> {
+        match (t, &daemon) {
+            ("unix", Some(d)) => Ok(d.unix.clone()),
+            ("tcp", Some(d)) => Ok(d.tcp.clone()),
+            ("unix", None) => external_unix.clone().ok_or("no --external unix=".into()),
+            ("tcp", None) => external_tcp.clone().ok_or("no --external tcp=".into()),
+            (other, _) => Err(format!("unknown transport {other:?}").into()),
+        }
+    };
+
+    let mut rows = Vec::new();
+    let mut csv = String::from(
+        "transport,size,service,repeat,messages,seconds,msgs_per_s,mb_per_s,send_msgs_per_s,missing,p50_us,p90_us,p99_us,p999_us\n",
+    );
+    let mut run_no = 0u32;
+    for transport in &args.transports {
+        let addr = addr_of(transport)?;
+        for &size in &args.sizes {
+            let count = args.count.unwrap_or_else(|| default_count(size));
+            let mut row = Row {
+                transport: transport.clone(),
+                size,
+                msgs: vec![],
+                mbs: vec![],
+                send_msgs: vec![],
+                p50: vec![],
+                p99: vec![],
+                missing: 0,
+            };
+            for rep in 0..args.repeats {
+                run_no += 1;
+                let group = format!("bench-{}-{run_no}", std::process::id());
+                let (r, s) = run_once(
+                    &conclave,
+                    &addr,
+                    &group,
+                    size,
+                    count,
+                    service.name(),
+                    Duration::from_secs(args.run_timeout),
+                )?;
+                eprintln!("  {}", r.human().replace('\n', "\n  "));
+                let l = r.latency.clone().unwrap_or_default();
+                let _ = writeln!(
+                    csv,
+                    "{transport},{size},{},{rep},{},{:.6},{:.1},{:.2},{:.1},{},{:.1},{:.1},{:.1},{:.1}",
+                    service.name(),
+                    r.messages,
+                    r.seconds,
+                    r.msgs_per_s,
+                    r.mb_per_s,
+                    s.msgs_per_s,
+                    r.missing,
+                    l.p50_us,
+                    l.p90_us,
+                    l.p99_us,
+                    l.p999_us
+                );
+                row.msgs.push(r.msgs_per_s);
+                row.mbs.push(r.mb_per_s);
+                row.send_msgs.push(s.msgs_per_s);
+                row.p50.push(l.p50_us);
+                row.p99.push(l.p99_us);
+                row.missing += r.missing;
+            }
+            rows.push(row);
+        }
+    }
+    drop(daemon);
+
+    let table = markdown_table(&rows, service.name(), args.repeats);
+    println!("{table}");
+    let csv_path = out_dir.join("flood.csv");
+    let svg_path = out_dir.join("flood.svg");
+    let md_path = out_dir.join("flood.md");
+    std::fs::write(&csv_path, csv)?;
+    std::fs::write(&svg_path, svg_plot(&rows))?;
+    std::fs::write(&md_path, &table)?;
+    println!(
+        "wrote {}, {} and {}",
+        csv_path.display(),
+        svg_path.display(),
+        md_path.display()
+    );
+    Ok(())
+}
+
+fn fmt_range(v: &[f64], scale: f64, digits: usize) -> String {
+    match median_min_max(v) {
+        Some((m, lo, hi)) => format!(
+            "{:.d$} ({:.d$}-{:.d$})",
+            m / scale,
+            lo / scale,
+            hi / scale,
+            d = digits
+        ),
+        None => "-".into(),
+    }
+}
+
+fn markdown_table(rows: &[Row], service: &str, repeats: usize) -> String {
+    let mut t = format!(
+        "Flood, 1 sender -> 1 receiver through one daemon, service {service}; median (min-max) of {repeats} runs, measured at the receiver\n\n\
+         | transport | size (B) | msgs/s | MB/s | sender msgs/s | p50 latency (us) | p99 latency (us) | lost |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.transport,
+            r.size,
+            fmt_range(&r.msgs, 1.0, 0),
+            fmt_range(&r.mbs, 1.0, 1),
+            fmt_range(&r.send_msgs, 1.0, 0),
+            fmt_range(&r.p50, 1.0, 0),
+            fmt_range(&r.p99, 1.0, 0),
+            r.missing
+        );
+    }
+    t
+}
+
+/// Two panels (msgs/s and MB/s against payload size, log x), one line per transport,
+/// with min-max whiskers at each point.
+fn svg_plot(rows: &[Row]) -> String {
+    let (w, h) = (900.0, 380.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let mut transports: Vec<&str> = rows.iter().map(|r| r.transport.as_str()).collect();
+    transports.dedup();
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let sizes: Vec<f64> = rows.iter().map(|r| r.size as f64).collect();
+    let (xmin, xmax) = sizes
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let panels: [(&str, Metric, f64); 2] = [
+        ("messages/s (thousands)", |r| &r.msgs, 1e3),
+        ("MB/s", |r| &r.mbs, 1.0),
+    ];
+    for (pi, (title, get, scale)) in panels.iter().enumerate() {
+        let x0 = 70.0 + pi as f64 * 440.0;
+        let (pw, ph, y0) = (360.0, 260.0, 50.0);
+        let ymax = rows
+            .iter()
+            .flat_map(|r| get(r).iter())
+            .fold(0.0f64, |a, &b| a.max(b / scale))
+            .max(1.0)
+            * 1.1;
+        let xmap = |x: f64| {
+            if xmax > xmin {
+                x0 + (x.ln() - xmin.ln()) / (xmax.ln() - xmin.ln()) * pw
+            } else {
+                x0 + pw / 2.0
+            }
+        };
+        let ymap = |y: f64| y0 + ph - y / ymax * ph;
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"30\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n<line x1=\"{x0}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{}\" stroke=\"black\"/>",
+            x0 + pw / 2.0,
+            y0 + ph,
+            x0 + pw,
+            y0 + ph,
+            y0 + ph
+        );
+        for i in 0..=4 {
+            let v = ymax * f64::from(i) / 4.0;
+            let _ = writeln!(
+                s,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.0}</text><line x1=\"{x0}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>",
+                x0 - 5.0,
+                ymap(v) + 4.0,
+                v,
+                x0 + pw,
+                y = ymap(v)
+            );
+        }
+        let mut seen = Vec::new();
+        for r in rows {
+            if !seen.contains(&r.size) {
+                seen.push(r.size);
+                let _ = writeln!(
+                    s,
+                    "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{} B</text>",
+                    xmap(r.size as f64),
+                    y0 + ph + 18.0,
+                    r.size
+                );
+            }
+        }
+        for (ti, t) in transports.iter().enumerate() {
+            let color = colors[ti % colors.len()];
+            let pts: Vec<(f64, f64, f64, f64)> = rows
+                .iter()
+                .filter(|r| r.transport == *t)
+                .filter_map(|r| {
+                    median_min_max(get(r))
+                        .map(|(m, lo, hi)| (r.size as f64, m / scale, lo / scale, hi / scale))
+                })
+                .collect();
+            let path: Vec<String> = pts
+                .iter()
+                .map(|&(x, y, _, _)| format!("{:.1},{:.1}", xmap(x), ymap(y)))
+                .collect();
+            let _ = writeln!(
+                s,
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+                path.join(" ")
+            );
+            for &(x, y, lo, hi) in &pts {
+                let _ = writeln!(
+                    s,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/><line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"{color}\"/>",
+                    xmap(x),
+                    ymap(y),
+                    ymap(lo),
+                    ymap(hi),
+                    x = xmap(x)
+                );
+            }
+            let _ = writeln!(
+                s,
+                "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{t}</text>",
+                x0 + 10.0,
+                y0 + 15.0 + 15.0 * ti as f64
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
