@@ -543,6 +543,11 @@ impl Profile {
         ))
     }
 
+    /// The profile as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("profile serializes")
+    }
+
     /// Parses and validates profile text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
         let profile: Profile = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;

@@ -1,1 +1,288 @@
-//! Daemon runtime (in progress).
+//! The daemon runtime: listeners, the data-plane worker and its client sessions.
+//!
+//! Threads (DESIGN §3, sized for one daemon): the caller's thread is the control thread —
+//! it owns the configuration and signals and stops the daemon through a [`Stopper`]; one
+//! data-plane worker thread runs the event loop over every client session (client
+//! sessions run on one worker, so the daemon is correct with `workers = 1`; further
+//! workers are reserved for the ring's datagram path).
+//!
+//! ```no_run
+//! use conclave_engine::config::Config;
+//! use conclave_engine::daemon::Daemon;
+//! let config = Config::embedded();
+//! let profile = config.load_profile()?;
+//! let handle = Daemon::start(config, profile)?;
+//! println!("{}", handle.ready_line());
+//! handle.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod session;
+mod status;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use conclave_control::wire::client::max_frame_len;
+use mio::net::{TcpListener, UnixListener};
+use mio::{Interest, Poll, Waker};
+use thiserror::Error;
+
+use crate::config::{Config, ConfigError, Profile};
+use crate::core::{GroupTable, LocalSequencer, TableConfig};
+use worker::{Limits, TCP_LISTENER, UNIX_LISTENER, WAKER, Worker};
+
+/// Why the daemon could not start or stopped with a failure.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The configuration or profile is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Another process is listening on the Unix socket path.
+    #[error("{0}: another daemon is listening on this socket")]
+    SocketInUse(PathBuf),
+    /// The socket path exists and is not a socket, so it is not ours to remove.
+    #[error("{0}: exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// An operating-system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The worker thread panicked (a bug).
+    #[error("the data-plane worker panicked")]
+    WorkerPanicked,
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Starts daemons.
+#[derive(Debug)]
+pub struct Daemon;
+
+/// Raises the stop flag of a running daemon from any thread (e.g. a signal thread).
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl Stopper {
+    /// Asks the daemon to say goodbye to its clients and exit; returns at once.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Err(e) = self.waker.wake() {
+            tracing::error!("cannot wake the worker: {e}");
+        }
+    }
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct DaemonHandle {
+    stopper: Stopper,
+    worker: Option<JoinHandle<Result<(), DaemonError>>>,
+    unix_socket: Option<PathBuf>,
+    tcp_address: Option<SocketAddr>,
+    name: String,
+}
+
+impl DaemonHandle {
+    /// The Unix socket clients connect to, if enabled.
+    pub fn unix_socket(&self) -> Option<&Path> {
+        self.unix_socket.as_deref()
+    }
+
+    /// The bound TCP address, if enabled.
+    pub fn tcp_address(&self) -> Option<SocketAddr> {
+        self.tcp_address
+    }
+
+    /// The daemon's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The line `conclaved ready: unix=<path> tcp=<addr>` (`-` for a disabled transport).
+    pub fn ready_line(&self) -> String {
+        let unix = self
+            .unix_socket
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |p| p.display().to_string());
+        let tcp = self
+            .tcp_address
+            .map_or_else(|| "-".to_owned(), |a| a.to_string());
+        format!("conclaved ready: unix={unix} tcp={tcp}")
+    }
+
+    /// A handle that stops the daemon from another thread.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Waits until the daemon stops (after [`Stopper::stop`] or a fatal error).
+    pub fn wait(mut self) -> Result<(), DaemonError> {
+        match self.worker.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(DaemonError::WorkerPanicked),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the daemon (clients get a Goodbye, the socket file is removed) and waits.
+    pub fn shutdown(self) -> Result<(), DaemonError> {
+        self.stopper.stop();
+        self.wait()
+    }
+}
+
+impl Drop for DaemonHandle {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            self.stopper.stop();
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Daemon {
+    /// Binds the listeners and starts the data-plane worker. Returns once clients can
+    /// connect.
+    pub fn start(config: Config, profile: Profile) -> Result<DaemonHandle, DaemonError> {
+        config.validate("(config)")?;
+        profile.validate("(profile)")?;
+        let poll = Poll::new().map_err(io_err("creating the event loop"))?;
+        let waker = Arc::new(
+            Waker::new(poll.registry(), WAKER).map_err(io_err("creating the event-loop waker"))?,
+        );
+
+        let mut tcp = None;
+        let mut tcp_address = None;
+        if let Some(addr) = config.tcp_listen_address() {
+            let mut listener =
+                TcpListener::bind(addr).map_err(io_err(format!("binding TCP {addr}")))?;
+            tcp_address = Some(
+                listener
+                    .local_addr()
+                    .map_err(io_err("reading the TCP address"))?,
+            );
+            poll.registry()
+                .register(&mut listener, TCP_LISTENER, Interest::READABLE)
+                .map_err(io_err("registering the TCP listener"))?;
+            tcp = Some(listener);
+        }
+        let mut unix = None;
+        if let Some(path) = &config.clients.unix_socket {
+            remove_stale_socket(path)?;
+            let mut listener = UnixListener::bind(path)
+                .map_err(io_err(format!("binding Unix socket {}", path.display())))?;
+            poll.registry()
+                .register(&mut listener, UNIX_LISTENER, Interest::READABLE)
+                .map_err(io_err("registering the Unix listener"))?;
+            unix = Some((listener, path.clone()));
+        }
+
+        let table = GroupTable::new(TableConfig {
+            groups: config.groups.clone(),
+            max_groups_per_client: config.clients.max_groups,
+            epoch: 1,
+        });
+        let limits = Limits {
+            daemon: config.me.clone(),
+            max_clients: config.clients.max_clients,
+            max_payload: config.clients.max_payload,
+            max_frame: max_frame_len(config.clients.max_payload),
+            queue_limit: config.queue_limit(&profile),
+            stall: Duration::from_millis(profile.client_stall_ms),
+            read_chunk: profile.read_chunk_bytes,
+            reads_per_turn: profile.reads_per_turn,
+            write_chunk: profile.write_chunk_bytes,
+            poll_events: profile.poll_events,
+            sndbuf: profile.socket_send_buffer,
+            rcvbuf: profile.socket_recv_buffer,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let unix_socket = unix
+            .as_ref()
+            .map(|(_, p): &(UnixListener, PathBuf)| p.clone());
+        if profile.workers > 1 {
+            tracing::info!(
+                workers = profile.workers,
+                "client sessions run on one worker; the others are reserved for the ring"
+            );
+        }
+        let pin = profile.pin_workers;
+        let worker = Worker::new(
+            poll,
+            unix,
+            tcp,
+            table,
+            Box::new(LocalSequencer::default()),
+            limits,
+            stop.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("conclave-worker-0".into())
+            .spawn(move || {
+                if pin {
+                    pin_to_core(0);
+                }
+                worker.run().map_err(io_err("event loop"))
+            })
+            .map_err(io_err("spawning the worker thread"))?;
+        Ok(DaemonHandle {
+            stopper: Stopper { stop, waker },
+            worker: Some(thread),
+            unix_socket,
+            tcp_address,
+            name: config.me.clone(),
+        })
+    }
+}
+
+fn pin_to_core(index: usize) {
+    match core_affinity::get_core_ids() {
+        Some(ids) if !ids.is_empty() => {
+            let id = ids[index % ids.len()];
+            if core_affinity::set_for_current(id) {
+                tracing::info!(core = id.id, "worker pinned");
+            } else {
+                tracing::warn!(core = id.id, "could not pin the worker");
+            }
+        }
+        _ => tracing::warn!("no core list; the worker is not pinned"),
+    }
+}
+
+/// Removes a socket file left by a dead daemon; refuses if something still listens on it.
+fn remove_stale_socket(path: &Path) -> Result<(), DaemonError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(format!("inspecting {}", path.display()))(e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(DaemonError::NotASocket(path.to_owned()));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(DaemonError::SocketInUse(path.to_owned()));
+    }
+    tracing::info!("removing stale socket {}", path.display());
+    std::fs::remove_file(path).map_err(io_err(format!("removing stale socket {}", path.display())))
+}

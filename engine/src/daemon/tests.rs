@@ -1,0 +1,525 @@
+//! The runtime against real sockets: a daemon in this process, raw clients over a
+//! temporary Unix socket (and TCP on 127.0.0.1). Every wait is bounded by a read timeout.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use conclave_control::wire::client::{
+    DaemonFrame, ErrorCode, MembershipReason, PROTOCOL_VERSION, RefuseCode, Service, ViewId,
+    decode_daemon, encode, split_frame,
+};
+
+use super::*;
+use crate::config::{Config, Openness, Profile};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A payload that prints briefly.
+#[derive(Clone, PartialEq, Eq)]
+struct Bytes(Vec<u8>);
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let head = &self.0[..self.0.len().min(16)];
+        write!(
+            f,
+            "{} bytes {:?}",
+            self.0.len(),
+            String::from_utf8_lossy(head)
+        )
+    }
+}
+
+impl From<&[u8]> for Bytes {
+    fn from(b: &[u8]) -> Self {
+        Bytes(b.to_vec())
+    }
+}
+
+impl From<&str> for Bytes {
+    fn from(b: &str) -> Self {
+        Bytes(b.as_bytes().to_vec())
+    }
+}
+
+/// An owned copy of a daemon frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Got {
+    Welcome(String),
+    Refused(RefuseCode, String),
+    Data(String, Vec<String>, Service, Bytes),
+    View(String, ViewId, MembershipReason, Vec<String>),
+    Error(ErrorCode, String),
+    Status(serde_json::Value),
+    Goodbye(String),
+}
+
+trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+struct Client {
+    sock: Box<dyn Conn>,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn unix(path: &Path) -> Self {
+        let s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        Self {
+            sock: Box::new(s),
+            buf: Vec::new(),
+        }
+    }
+
+    fn tcp(addr: std::net::SocketAddr) -> Self {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        Self {
+            sock: Box::new(s),
+            buf: Vec::new(),
+        }
+    }
+
+    fn hello(path: &Path, name: &str) -> (Self, String) {
+        let mut c = Self::unix(path);
+        let me = c.welcome(name);
+        (c, me)
+    }
+
+    fn welcome(&mut self, name: &str) -> String {
+        self.send(|b| encode::hello(b, PROTOCOL_VERSION, name));
+        match self.next() {
+            Got::Welcome(n) => n,
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    fn send(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
+        let mut b = Vec::new();
+        f(&mut b);
+        self.raw(&b);
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).unwrap();
+    }
+
+    /// The next frame, or `None` at end of stream.
+    fn try_next(&mut self) -> Option<Got> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some((body, used)) = split_frame(&self.buf, 1 << 24).unwrap() {
+                let got = match decode_daemon(body).unwrap() {
+                    DaemonFrame::Welcome { private_name, .. } => Got::Welcome(private_name.into()),
+                    DaemonFrame::Refused { code, reason } => Got::Refused(code, reason.into()),
+                    DaemonFrame::Data {
+                        sender,
+                        groups,
+                        service,
+                        payload,
+                        ..
+                    } => Got::Data(
+                        sender.into(),
+                        groups.iter().map(String::from).collect(),
+                        service,
+                        payload.into(),
+                    ),
+                    DaemonFrame::Membership {
+                        group,
+                        view_id,
+                        reason,
+                        members,
+                        ..
+                    } => Got::View(
+                        group.into(),
+                        view_id,
+                        reason,
+                        members.iter().map(String::from).collect(),
+                    ),
+                    DaemonFrame::Error { code, reason } => Got::Error(code, reason.into()),
+                    DaemonFrame::Status { json } => {
+                        Got::Status(serde_json::from_str(json).unwrap())
+                    }
+                    DaemonFrame::Goodbye { reason } => Got::Goodbye(reason.into()),
+                };
+                self.buf.drain(..used);
+                return Some(got);
+            }
+            assert!(Instant::now() < deadline, "no frame within {WAIT:?}");
+            let mut tmp = [0u8; 65536];
+            match self.sock.read(&mut tmp) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    fn next(&mut self) -> Got {
+        self.try_next().expect("the daemon closed the connection")
+    }
+
+    fn status(&mut self) -> serde_json::Value {
+        self.send(encode::status_request);
+        loop {
+            if let Got::Status(v) = self.next() {
+                return v;
+            }
+        }
+    }
+}
+
+fn config(dir: &Path, extra: &str) -> Config {
+    let text = format!(
+        r#"
+me = "d1"
+[[daemons]]
+name = "d1"
+address = "127.0.0.1"
+ring_port = 4999
+client_port = 4998
+[clients]
+unix_socket = "{}"
+tcp = false
+{extra}
+"#,
+        dir.join("d.sock").display()
+    );
+    Config::parse(&text, "test").unwrap()
+}
+
+fn start(dir: &Path, extra: &str) -> DaemonHandle {
+    let c = config(dir, extra);
+    let p = c.load_profile().unwrap();
+    Daemon::start(c, p).unwrap()
+}
+
+#[test]
+fn membership_delivery_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "");
+    let sock = d.unix_socket().unwrap().to_owned();
+    let (mut a, an) = Client::hello(&sock, "alice");
+    assert_eq!(an, "#alice#d1");
+    let (mut b, bn) = Client::hello(&sock, "");
+    assert!(bn.starts_with("#c") && bn.ends_with("#d1"), "{bn}");
+
+    a.send(|w| encode::join(w, "chat"));
+    let Got::View(g, v1, MembershipReason::Join, m) = a.next() else {
+        panic!()
+    };
+    assert_eq!((g.as_str(), m), ("chat", vec![an.clone()]));
+    b.send(|w| encode::join(w, "chat"));
+    let want_members = {
+        let mut m = vec![an.clone(), bn.clone()];
+        m.sort();
+        m
+    };
+    for c in [&mut a, &mut b] {
+        let Got::View(_, v2, MembershipReason::Join, m) = c.next() else {
+            panic!()
+        };
+        assert!(v2 > v1);
+        assert_eq!(m, want_members);
+    }
+    // All six services deliver, to the sender too.
+    for service in Service::ALL {
+        a.send(|w| encode::multicast(w, service, 9, ["chat"], service.name().as_bytes()));
+    }
+    for c in [&mut a, &mut b] {
+        for service in Service::ALL {
+            assert_eq!(
+                c.next(),
+                Got::Data(
+                    an.clone(),
+                    vec!["chat".into()],
+                    service,
+                    service.name().into()
+                )
+            );
+        }
+    }
+    // A unicast to a private name.
+    b.send(|w| encode::multicast(w, Service::Reliable, 0, [an.as_str()], b"psst"));
+    assert_eq!(
+        a.next(),
+        Got::Data(
+            bn.clone(),
+            vec![an.clone()],
+            Service::Reliable,
+            b"psst"[..].into()
+        )
+    );
+    b.send(|w| encode::leave(w, "chat"));
+    assert!(matches!(a.next(), Got::View(_, _, MembershipReason::Leave, m) if m == [an.clone()]));
+    assert!(matches!(b.next(), Got::View(_, _, MembershipReason::Leave, m) if m.is_empty()));
+    let s = a.status();
+    assert_eq!(s["daemon"], "d1");
+    assert_eq!(s["clients"].as_array().unwrap().len(), 2);
+    assert_eq!(s["groups"][0]["name"], "chat");
+    assert_eq!(s["groups"][0]["members"], serde_json::json!([an]));
+    assert_eq!(s["counters"]["messages_delivered"], 13);
+    // A disconnect is a membership change for the groups of the client.
+    b.send(|w| encode::join(w, "chat"));
+    a.next();
+    b.next();
+    drop(b);
+    assert!(
+        matches!(a.next(), Got::View(_, _, MembershipReason::Disconnect, m) if m == [an.clone()])
+    );
+    d.shutdown().unwrap();
+}
+
+#[test]
+fn bad_input_gets_typed_errors_and_others_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(
+        dir.path(),
+        "max_payload = 1000\n[groups]\nclosed = [\"vault\"]",
+    );
+    let sock = d.unix_socket().unwrap().to_owned();
+    let (mut good, gn) = Client::hello(&sock, "good");
+    good.send(|w| encode::join(w, "g"));
+    good.next();
+
+    let mut v = Client::unix(&sock);
+    v.send(|w| encode::hello(w, PROTOCOL_VERSION + 1, "x"));
+    assert!(matches!(
+        v.next(),
+        Got::Refused(RefuseCode::UnsupportedVersion, _)
+    ));
+    assert_eq!(v.try_next(), None, "closed after the refusal");
+    let mut dup = Client::unix(&sock);
+    dup.send(|w| encode::hello(w, PROTOCOL_VERSION, "good"));
+    assert!(matches!(
+        dup.next(),
+        Got::Refused(RefuseCode::DuplicateName, _)
+    ));
+    let mut bad = Client::unix(&sock);
+    bad.send(|w| encode::hello(w, PROTOCOL_VERSION, "a b"));
+    assert!(matches!(bad.next(), Got::Refused(RefuseCode::BadName, _)));
+    let mut junk = Client::unix(&sock);
+    junk.raw(b"\x05\x00\x00\x00GARBA");
+    assert!(matches!(junk.next(), Got::Refused(RefuseCode::BadHello, _)));
+
+    let (mut e, _) = Client::hello(&sock, "erratic");
+    // A frame whose body ends early, then an unknown kind: errors, connection stays up.
+    e.raw(&[3, 0, 0, 0, 0x02, 9, 0]);
+    assert!(matches!(e.next(), Got::Error(ErrorCode::MalformedFrame, _)));
+    e.raw(&[1, 0, 0, 0, 0x7e]);
+    assert!(matches!(
+        e.next(),
+        Got::Error(ErrorCode::UnexpectedFrame, _)
+    ));
+    for name in ["", "x".repeat(33).as_str(), "tab\there"] {
+        e.send(|w| encode::join(w, name));
+        let Got::Error(ErrorCode::BadGroupName, reason) = e.next() else {
+            panic!()
+        };
+        assert!(reason.contains("group"), "{reason}");
+    }
+    e.send(|w| encode::leave(w, "never"));
+    assert!(matches!(e.next(), Got::Error(ErrorCode::NotJoined, _)));
+    e.send(|w| encode::join(w, "g"));
+    e.next();
+    good.next();
+    e.send(|w| encode::join(w, "g"));
+    assert!(matches!(e.next(), Got::Error(ErrorCode::AlreadyJoined, _)));
+    e.send(|w| encode::multicast(w, Service::Agreed, 0, ["vault"], b"x"));
+    assert!(matches!(e.next(), Got::Error(ErrorCode::NotPermitted, _)));
+    e.send(|w| encode::multicast(w, Service::Agreed, 0, ["#ghost#d1"], b"x"));
+    assert!(matches!(
+        e.next(),
+        Got::Error(ErrorCode::UnknownRecipient, _)
+    ));
+    e.send(|w| encode::multicast(w, Service::Agreed, 0, ["g"], &[0; 1001]));
+    let Got::Error(ErrorCode::TooLarge, reason) = e.next() else {
+        panic!()
+    };
+    assert!(reason.contains("1000"), "{reason}");
+
+    good.send(|w| encode::multicast(w, Service::Fifo, 0, ["g"], b"still here"));
+    assert_eq!(
+        good.next(),
+        Got::Data(
+            gn.clone(),
+            vec!["g".into()],
+            Service::Fifo,
+            b"still here"[..].into()
+        )
+    );
+    // A length beyond any frame: TooLarge, then the daemon closes (no resync possible).
+    e.raw(&u32::MAX.to_le_bytes());
+    loop {
+        match e.try_next() {
+            Some(Got::Error(ErrorCode::TooLarge, _)) => break,
+            Some(Got::Data(..)) => {}
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+    assert_eq!(e.try_next(), None);
+    assert!(matches!(
+        good.next(),
+        Got::View(_, _, MembershipReason::Disconnect, _)
+    ));
+
+    let s = good.status();
+    let c = &s["counters"];
+    assert_eq!(c["refusals_by_code"]["UnsupportedVersion"], 1);
+    assert_eq!(c["refusals_by_code"]["DuplicateName"], 1);
+    assert_eq!(c["refusals_by_code"]["BadName"], 1);
+    assert_eq!(c["refusals_by_code"]["BadHello"], 1);
+    assert_eq!(c["errors_by_code"]["BadGroupName"], 3);
+    assert_eq!(c["errors_by_code"]["TooLarge"], 2);
+    for code in [
+        "MalformedFrame",
+        "UnexpectedFrame",
+        "NotJoined",
+        "AlreadyJoined",
+    ] {
+        assert_eq!(c["errors_by_code"][code], 1, "{code}");
+    }
+    assert_eq!(c["errors_by_code"]["NotPermitted"], 1);
+    assert_eq!(c["errors_by_code"]["UnknownRecipient"], 1);
+    assert_eq!(c["oversize_disconnects"], 1);
+    assert!(c["malformed_frames"].as_u64().unwrap() >= 4);
+    d.shutdown().unwrap();
+}
+
+#[test]
+fn slow_consumer_gets_a_goodbye_naming_the_limit_and_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path(), "max_payload = 4096\nqueue_limit = 262144");
+    let mut p = c.load_profile().unwrap();
+    p.client_stall_ms = 300;
+    p.socket_send_buffer = 65536;
+    p.socket_recv_buffer = 65536;
+    let d = Daemon::start(c, p).unwrap();
+    let sock = d.unix_socket().unwrap().to_owned();
+    let (mut sleeper, _) = Client::hello(&sock, "sleeper");
+    sleeper.send(|w| encode::join(w, "firehose"));
+    sleeper.next();
+    let (mut hose, _) = Client::hello(&sock, "hose");
+    // The sender writes from its own thread, since the daemon holds it back while the
+    // sleeper is congested; the count bounds it.
+    let writer = std::thread::spawn(move || {
+        let mut batch = Vec::new();
+        for _ in 0..64 {
+            encode::multicast(&mut batch, Service::Reliable, 0, ["firehose"], &[7u8; 4000]);
+        }
+        for _ in 0..200 {
+            if hose.sock.write_all(&batch).is_err() {
+                break;
+            }
+        }
+        hose
+    });
+    let mut hose = writer.join().unwrap();
+    // The sleeper wakes up: whatever it finds, the stream ends in a Goodbye naming why.
+    let mut last = None;
+    while let Some(got) = sleeper.try_next() {
+        last = Some(got);
+    }
+    let Some(Got::Goodbye(reason)) = last else {
+        panic!("expected a goodbye, got {last:?}")
+    };
+    assert!(reason.starts_with("slow consumer: "), "{reason}");
+    assert!(reason.contains("limit 262144"), "{reason}");
+    let s = hose.status();
+    assert_eq!(s["counters"]["slow_consumer_disconnects"], 1);
+    assert!(s["clients"].as_array().unwrap().len() == 1);
+    d.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_says_goodbye_and_removes_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "");
+    let sock = d.unix_socket().unwrap().to_owned();
+    let (mut a, _) = Client::hello(&sock, "a");
+    assert!(sock.exists());
+    d.shutdown().unwrap();
+    assert_eq!(a.next(), Got::Goodbye("daemon shutting down".into()));
+    assert_eq!(a.try_next(), None);
+    assert!(!sock.exists());
+}
+
+#[test]
+fn stale_socket_is_replaced_but_a_live_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists(), "a stale socket file is left behind");
+    let d = start(dir.path(), "");
+    let c = config(dir.path(), "");
+    let p = c.load_profile().unwrap();
+    assert!(matches!(
+        Daemon::start(c, p),
+        Err(DaemonError::SocketInUse(_))
+    ));
+    let (_a, name) = Client::hello(&path, "a");
+    assert_eq!(name, "#a#d1");
+    d.shutdown().unwrap();
+    std::fs::write(&path, b"not a socket").unwrap();
+    let c = config(dir.path(), "");
+    let p = c.load_profile().unwrap();
+    assert!(matches!(
+        Daemon::start(c, p),
+        Err(DaemonError::NotASocket(_))
+    ));
+}
+
+#[test]
+fn tcp_clients_and_unix_clients_share_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut c = config(dir.path(), "");
+    c.clients.tcp = true;
+    c.daemons[0].client_port = port;
+    c.groups.default = Openness::Open;
+    let d = Daemon::start(c, Profile::by_name("low-latency").unwrap()).unwrap();
+    assert_eq!(d.tcp_address().unwrap().port(), port);
+    let mut t = Client::tcp(d.tcp_address().unwrap());
+    let tn = t.welcome("overtcp");
+    let (mut u, un) = Client::hello(d.unix_socket().unwrap(), "overunix");
+    t.send(|w| encode::join(w, "both"));
+    t.next();
+    u.send(|w| encode::join(w, "both"));
+    u.next();
+    t.next();
+    // A message to two groups the receiver is in arrives once.
+    t.send(|w| encode::join(w, "second"));
+    t.next();
+    u.send(|w| encode::multicast(w, Service::Safe, 3, ["both", "second"], b"hi"));
+    let want = Got::Data(
+        un.clone(),
+        vec!["both".into(), "second".into()],
+        Service::Safe,
+        b"hi"[..].into(),
+    );
+    assert_eq!(t.next(), want);
+    assert_eq!(u.next(), want);
+    let s = t.status();
+    let transports: Vec<_> = s["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["transport"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(transports.contains(&(tn, "tcp".into())));
+    assert!(transports.contains(&(un, "unix".into())));
+    d.shutdown().unwrap();
+}

@@ -1,0 +1,781 @@
+//! The data-plane worker: one mio (epoll, edge-triggered) loop over the listeners and all
+//! client sessions.
+//!
+//! A turn: poll; accept; read every readable client (a bounded number of big reads each,
+//! for fairness) and handle every whole frame in what was read, encoding deliveries
+//! straight into the recipients' output queues; end the sessions that must end; then
+//! write each client's queue with as few writes as the socket allows. While some client's
+//! queue is above half its limit, reading from clients pauses (the senders wait in their
+//! socket buffers); a client that stays there longer than the profile's stall time, or
+//! passes the limit, is disconnected as a slow consumer. Memory stays bounded either way.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use conclave_control::wire::client::{
+    ClientFrame, ErrorCode, PROTOCOL_VERSION, RefuseCode, WireError, decode_client, encode,
+    split_frame,
+};
+use conclave_control::wire::names;
+use mio::net::{TcpListener, UnixListener};
+use mio::{Events, Interest, Poll, Token};
+
+use super::session::{CloseReason, Session, Stream};
+use super::status::{self, ClientStatus, Counters};
+use crate::core::{Event, GroupTable, LocalId, Outbox, Sequencer};
+
+pub(crate) const UNIX_LISTENER: Token = Token(0);
+pub(crate) const TCP_LISTENER: Token = Token(1);
+pub(crate) const WAKER: Token = Token(2);
+const FIRST_CLIENT: usize = 3;
+
+/// The knobs the loop needs, resolved from config and profile.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub daemon: String,
+    pub max_clients: usize,
+    pub max_payload: usize,
+    pub max_frame: usize,
+    pub queue_limit: usize,
+    pub stall: Duration,
+    pub read_chunk: usize,
+    pub reads_per_turn: usize,
+    pub write_chunk: usize,
+    pub poll_events: usize,
+    pub sndbuf: usize,
+    pub rcvbuf: usize,
+}
+
+/// The client sessions, indexed by [`LocalId`]; the table writes into them as an [`Outbox`].
+#[derive(Default)]
+struct Sessions {
+    slots: Vec<Option<Session>>,
+    free: Vec<LocalId>,
+    dirty: Vec<LocalId>,
+    live: usize,
+}
+
+impl Sessions {
+    fn get(&mut self, id: LocalId) -> Option<&mut Session> {
+        self.slots.get_mut(id as usize).and_then(Option::as_mut)
+    }
+
+    fn mark_dirty(&mut self, id: LocalId) {
+        if let Some(s) = self.slots.get_mut(id as usize).and_then(Option::as_mut)
+            && !s.dirty
+        {
+            s.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+}
+
+impl Outbox for Sessions {
+    fn out(&mut self, id: LocalId) -> Option<&mut Vec<u8>> {
+        let s = self.slots.get_mut(id as usize)?.as_mut()?;
+        if s.closing.is_some() {
+            return None;
+        }
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(id);
+        }
+        Some(&mut s.wbuf)
+    }
+}
+
+pub(crate) struct Worker {
+    poll: Poll,
+    unix: Option<(UnixListener, PathBuf)>,
+    tcp: Option<TcpListener>,
+    sessions: Sessions,
+    /// Private names of welcomed local clients, by id (kept outside the sessions so an
+    /// event can borrow a name while the table writes into the sessions).
+    names: Vec<Option<Box<str>>>,
+    by_name: HashMap<Box<str>, LocalId>,
+    table: GroupTable,
+    sequencer: Box<dyn Sequencer>,
+    counters: Counters,
+    limits: Limits,
+    read_queue: Vec<LocalId>,
+    to_close: Vec<LocalId>,
+    /// Ended sessions still writing their last frames (a Goodbye to a slow consumer), with
+    /// the time they are dropped regardless.
+    lingering: Vec<(LocalId, Instant)>,
+    stop: Arc<AtomicBool>,
+    next_anonymous: u64,
+    paused: bool,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        poll: Poll,
+        unix: Option<(UnixListener, PathBuf)>,
+        tcp: Option<TcpListener>,
+        table: GroupTable,
+        sequencer: Box<dyn Sequencer>,
+        limits: Limits,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            poll,
+            unix,
+            tcp,
+            sessions: Sessions::default(),
+            names: Vec::new(),
+            by_name: HashMap::new(),
+            table,
+            sequencer,
+            counters: Counters::default(),
+            limits,
+            read_queue: Vec::new(),
+            to_close: Vec::new(),
+            lingering: Vec::new(),
+            stop,
+            next_anonymous: 1,
+            paused: false,
+        }
+    }
+
+    /// Runs until the stop flag is raised, then says goodbye to every client.
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(self.limits.poll_events);
+        let mut ready: Vec<Token> = Vec::with_capacity(self.limits.poll_events);
+        while !self.stop.load(Ordering::Acquire) {
+            let busy = (!self.read_queue.is_empty() && !self.paused)
+                || !self.sessions.dirty.is_empty()
+                || !self.to_close.is_empty();
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else if self.paused || !self.lingering.is_empty() {
+                // Paused on a congested client: look again soon for its stall deadline.
+                Some(Duration::from_millis(10))
+            } else {
+                None
+            };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            ready.clear();
+            for ev in events.iter() {
+                let token = ev.token();
+                if token.0 >= FIRST_CLIENT {
+                    let id = (token.0 - FIRST_CLIENT) as LocalId;
+                    if ev.is_writable() {
+                        self.sessions.mark_dirty(id);
+                    }
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.queue_read(id);
+                    }
+                } else {
+                    ready.push(token);
+                }
+            }
+            for &token in &ready {
+                match token {
+                    UNIX_LISTENER => self.accept_unix(),
+                    TCP_LISTENER => self.accept_tcp(),
+                    _ => {} // the waker: the loop condition reads the stop flag
+                }
+            }
+            if !self.paused {
+                self.read_all();
+            }
+            self.close_pending();
+            self.flush_all();
+            self.check_congestion();
+            self.expire_lingering();
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn queue_read(&mut self, id: LocalId) {
+        if let Some(s) = self.sessions.get(id)
+            && !s.queued_read
+        {
+            s.queued_read = true;
+            self.read_queue.push(id);
+        }
+    }
+
+    fn accept_unix(&mut self) {
+        loop {
+            let Some((listener, _)) = &self.unix else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, _)) => self.add_session(Stream::Unix(stream)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors and the like: keep serving those connected.
+                    tracing::warn!("accept on the Unix socket failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept_tcp(&mut self) {
+        loop {
+            let Some(listener) = &self.tcp else { return };
+            match listener.accept() {
+                Ok((stream, _)) => self.add_session(Stream::Tcp(stream)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!("accept on TCP failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_session(&mut self, mut stream: Stream) {
+        self.counters.connections += 1;
+        if self.sessions.live >= self.limits.max_clients {
+            self.counters.refusals[RefuseCode::TooManyClients as usize] += 1;
+            let mut buf = Vec::new();
+            let reason = format!(
+                "the daemon serves at most {} clients",
+                self.limits.max_clients
+            );
+            encode::refused(&mut buf, RefuseCode::TooManyClients, &reason);
+            // Best effort on a fresh socket whose buffer is empty; then it is dropped.
+            let _ = io::Write::write(&mut stream, &buf);
+            return;
+        }
+        stream.tune(self.limits.sndbuf, self.limits.rcvbuf);
+        let id = match self.sessions.free.pop() {
+            Some(id) => id,
+            None => {
+                self.sessions.slots.push(None);
+                self.names.push(None);
+                (self.sessions.slots.len() - 1) as LocalId
+            }
+        };
+        let token = Token(id as usize + FIRST_CLIENT);
+        if let Err(e) = self.poll.registry().register(
+            stream.source(),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!("cannot register a client socket: {e}");
+            self.sessions.free.push(id);
+            return;
+        }
+        tracing::debug!(id, transport = stream.transport(), "client connected");
+        self.sessions.slots[id as usize] = Some(Session::new(stream));
+        self.sessions.live += 1;
+        // The client may have written its hello already; the edge was before registration
+        // on some kernels, so look now.
+        self.queue_read(id);
+    }
+
+    fn read_all(&mut self) {
+        let mut queue = std::mem::take(&mut self.read_queue);
+        let mut keep = 0;
+        for i in 0..queue.len() {
+            let id = queue[i];
+            let more = self.read_session(id);
+            match self.sessions.get(id) {
+                Some(s) if more && s.closing.is_none() => {
+                    queue[keep] = id;
+                    keep += 1;
+                }
+                Some(s) => s.queued_read = false,
+                None => {}
+            }
+        }
+        queue.truncate(keep);
+        // Sessions queued while reading (newly accepted ones) go after the leftovers.
+        queue.append(&mut self.read_queue);
+        self.read_queue = queue;
+    }
+
+    /// Reads up to the turn's budget; true when the socket may hold more.
+    fn read_session(&mut self, id: LocalId) -> bool {
+        for _ in 0..self.limits.reads_per_turn {
+            let Some(s) = self.sessions.get(id) else {
+                return false;
+            };
+            if s.closing.is_some() {
+                return false;
+            }
+            s.reserve_read(self.limits.read_chunk, self.limits.max_frame);
+            let end = s.rbuf.len().min(s.rlen + self.limits.read_chunk);
+            let asked = end - s.rlen;
+            let rlen = s.rlen;
+            match s.stream.read(&mut s.rbuf[rlen..end]) {
+                Ok(0) => {
+                    self.close(id, CloseReason::Client);
+                    return false;
+                }
+                Ok(n) => {
+                    s.rlen += n;
+                    self.counters.reads += 1;
+                    self.counters.bytes_in += n as u64;
+                    self.handle_input(id);
+                    if n < asked {
+                        // A short read drained the socket; epoll reports the next arrival.
+                        return false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close(id, CloseReason::Io(e.to_string()));
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Handles every whole frame in the session's read buffer.
+    fn handle_input(&mut self, id: LocalId) {
+        let Some(s) = self.sessions.get(id) else {
+            return;
+        };
+        let mut rbuf = std::mem::take(&mut s.rbuf);
+        let rlen = s.rlen;
+        let mut start = 0;
+        while start < rlen {
+            match split_frame(&rbuf[start..rlen], self.limits.max_frame) {
+                Ok(Some((body, used))) => {
+                    start += used;
+                    self.handle_frame(id, body);
+                    if self.sessions.get(id).is_none_or(|s| s.closing.is_some()) {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(WireError::FrameTooLong { len, max }) => {
+                    let reason = format!(
+                        "frame of {len} bytes exceeds the maximum of {max} (payload limit {}); \
+                         closing since the stream cannot be resynchronised",
+                        self.limits.max_payload
+                    );
+                    self.counters.malformed_frames += 1;
+                    self.counters.oversize_disconnects += 1;
+                    self.send_error(id, ErrorCode::TooLarge, &reason);
+                    self.close(id, CloseReason::TooLarge);
+                    break;
+                }
+                Err(e) => {
+                    // A zero-length frame: skip its prefix and go on.
+                    start += conclave_control::wire::client::LEN_PREFIX;
+                    self.malformed(id, &e);
+                }
+            }
+        }
+        if let Some(s) = self.sessions.get(id) {
+            rbuf.copy_within(start..rlen, 0);
+            s.rlen = rlen - start;
+            s.rbuf = rbuf;
+        }
+    }
+
+    fn malformed(&mut self, id: LocalId, e: &WireError) {
+        self.counters.malformed_frames += 1;
+        let welcomed = self.sessions.get(id).is_some_and(|s| s.welcomed);
+        if !welcomed {
+            return self.refuse(id, RefuseCode::BadHello, &format!("bad hello: {e}"));
+        }
+        let code = match e {
+            WireError::UnknownKind(_) => ErrorCode::UnexpectedFrame,
+            WireError::Name(_) => ErrorCode::BadGroupName,
+            _ => ErrorCode::MalformedFrame,
+        };
+        self.send_error(id, code, &format!("frame ignored: {e}"));
+    }
+
+    fn send_error(&mut self, id: LocalId, code: ErrorCode, reason: &str) {
+        self.counters.errors[code as usize] += 1;
+        if let Some(buf) = self.sessions.out(id) {
+            encode::error(buf, code, reason);
+            self.counters.own_frames_out += 1;
+        }
+    }
+
+    fn refuse(&mut self, id: LocalId, code: RefuseCode, reason: &str) {
+        self.counters.refusals[code as usize] += 1;
+        tracing::debug!(id, ?code, reason, "hello refused");
+        if let Some(buf) = self.sessions.out(id) {
+            encode::refused(buf, code, reason);
+            self.counters.own_frames_out += 1;
+        }
+        self.close(id, CloseReason::Refused);
+    }
+
+    fn handle_frame(&mut self, id: LocalId, body: &[u8]) {
+        self.counters.frames_in += 1;
+        if let Some(s) = self.sessions.get(id) {
+            s.frames_in += 1;
+        }
+        let frame = match decode_client(body) {
+            Ok(f) => f,
+            Err(e) => return self.malformed(id, &e),
+        };
+        let welcomed = self.sessions.get(id).is_some_and(|s| s.welcomed);
+        if !welcomed {
+            return match frame {
+                ClientFrame::Hello { version, name } => self.hello(id, version, name),
+                _ => self.refuse(id, RefuseCode::BadHello, "the first frame must be a hello"),
+            };
+        }
+        let Some(me) = self.names.get(id as usize).and_then(Option::as_deref) else {
+            return;
+        };
+        match frame {
+            ClientFrame::Hello { .. } => {
+                self.send_error(id, ErrorCode::UnexpectedFrame, "hello was already accepted")
+            }
+            ClientFrame::Join { group } | ClientFrame::Leave { group }
+                if names::check_group(group).is_err() =>
+            {
+                let e = names::check_group(group)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                self.send_error(
+                    id,
+                    ErrorCode::BadGroupName,
+                    &format!("bad group name {group:?}: {e}"),
+                );
+            }
+            ClientFrame::Join { group } => {
+                let event = Event::Join { client: me, group };
+                self.sequencer
+                    .submit(&event, &mut self.table, &mut self.sessions);
+            }
+            ClientFrame::Leave { group } => {
+                let event = Event::Leave { client: me, group };
+                self.sequencer
+                    .submit(&event, &mut self.table, &mut self.sessions);
+            }
+            ClientFrame::Multicast {
+                service,
+                msg_type,
+                groups,
+                payload,
+            } => {
+                if payload.len() > self.limits.max_payload {
+                    let reason = format!(
+                        "payload of {} bytes exceeds the maximum of {}; message not delivered",
+                        payload.len(),
+                        self.limits.max_payload
+                    );
+                    return self.send_error(id, ErrorCode::TooLarge, &reason);
+                }
+                let event = Event::Data {
+                    sender: me,
+                    service,
+                    msg_type,
+                    groups,
+                    payload,
+                };
+                self.sequencer
+                    .submit(&event, &mut self.table, &mut self.sessions);
+            }
+            ClientFrame::Disconnect => self.close(id, CloseReason::Client),
+            ClientFrame::StatusRequest => self.status(id),
+        }
+    }
+
+    fn hello(&mut self, id: LocalId, version: u16, name: &str) {
+        if version != PROTOCOL_VERSION {
+            let reason = format!(
+                "protocol version {version} is not supported; this daemon speaks {PROTOCOL_VERSION}"
+            );
+            return self.refuse(id, RefuseCode::UnsupportedVersion, &reason);
+        }
+        let private = if name.is_empty() {
+            // Pick a name nobody holds; a client may have asked for `c<n>` itself.
+            loop {
+                let user = format!("c{}", self.next_anonymous);
+                self.next_anonymous += 1;
+                let private = names::private_name(&user, &self.limits.daemon);
+                if !self.by_name.contains_key(private.as_str()) {
+                    break private;
+                }
+            }
+        } else {
+            if let Err(e) = names::check_user(name) {
+                return self.refuse(id, RefuseCode::BadName, &format!("bad private name: {e}"));
+            }
+            let private = names::private_name(name, &self.limits.daemon);
+            if self.by_name.contains_key(private.as_str()) {
+                let reason = format!("another client of this daemon is named {private:?}");
+                return self.refuse(id, RefuseCode::DuplicateName, &reason);
+            }
+            private
+        };
+        let private: Box<str> = private.into();
+        self.by_name.insert(private.clone(), id);
+        self.table.bind_local(&private, id);
+        let (daemon, max_payload) = (&self.limits.daemon, self.limits.max_payload);
+        if let Some(s) = self.sessions.get(id) {
+            s.welcomed = true;
+        }
+        if let Some(buf) = self.sessions.out(id) {
+            encode::welcome(
+                buf,
+                &private,
+                daemon,
+                u32::try_from(max_payload).unwrap_or(u32::MAX),
+            );
+            self.counters.own_frames_out += 1;
+        }
+        self.counters.welcomed += 1;
+        tracing::debug!(id, name = %private, "client welcomed");
+        let event = Event::Connect { client: &private };
+        self.sequencer
+            .submit(&event, &mut self.table, &mut self.sessions);
+        self.names[id as usize] = Some(private);
+    }
+
+    fn status(&mut self, id: LocalId) {
+        self.counters.status_requests += 1;
+        let mut clients = Vec::new();
+        for (i, slot) in self.sessions.slots.iter().enumerate() {
+            let (Some(s), Some(Some(name))) = (slot, self.names.get(i)) else {
+                continue;
+            };
+            clients.push(ClientStatus {
+                name,
+                transport: s.stream.transport(),
+                groups: self.table.groups_of(name),
+                queued: s.queued(),
+            });
+        }
+        let groups = self.table.groups();
+        let json = status::render(
+            &self.limits.daemon,
+            &clients,
+            &groups,
+            &self.counters,
+            self.table.stats(),
+            self.sequencer.ordered(),
+        );
+        if let Some(buf) = self.sessions.out(id) {
+            encode::status(buf, &json);
+            self.counters.own_frames_out += 1;
+        }
+    }
+
+    /// Marks a session to end at the end of this turn; a welcomed client's groups learn
+    /// of its departure at once.
+    fn close(&mut self, id: LocalId, reason: CloseReason) {
+        let Some(s) = self.sessions.get(id) else {
+            return;
+        };
+        if s.closing.is_some() {
+            return;
+        }
+        tracing::debug!(id, ?reason, "closing session");
+        s.closing = Some(reason);
+        self.to_close.push(id);
+        if let Some(name) = self.names.get_mut(id as usize).and_then(Option::take) {
+            self.by_name.remove(&name);
+            let event = Event::Disconnect { client: &name };
+            self.sequencer
+                .submit(&event, &mut self.table, &mut self.sessions);
+        }
+    }
+
+    /// Ends the sessions marked this turn. What is queued for them (a Refused, Error or
+    /// Goodbye) gets one write now; if the socket is full, the session lingers, taking no
+    /// input and no deliveries, until its last frames are out or a short grace expires.
+    fn close_pending(&mut self) {
+        for id in std::mem::take(&mut self.to_close) {
+            let Some(s) = self.sessions.get(id) else {
+                continue;
+            };
+            let graceful = !matches!(
+                s.closing,
+                Some(CloseReason::Io(_)) | Some(CloseReason::Client)
+            );
+            match s.flush(self.limits.write_chunk) {
+                Ok(n) => self.counters.bytes_out += n as u64,
+                Err(_) => s.wbuf.clear(),
+            }
+            if graceful && s.queued() > 0 {
+                let grace = self
+                    .limits
+                    .stall
+                    .clamp(Duration::from_millis(100), Duration::from_secs(2));
+                self.lingering.push((id, Instant::now() + grace));
+            } else {
+                self.finalize(id);
+            }
+        }
+    }
+
+    /// Drops a session for good.
+    fn finalize(&mut self, id: LocalId) {
+        let Some(mut s) = self
+            .sessions
+            .slots
+            .get_mut(id as usize)
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        if let Err(e) = self.poll.registry().deregister(s.stream.source()) {
+            tracing::debug!("deregister failed: {e}");
+        }
+        self.counters.disconnects += 1;
+        self.sessions.live -= 1;
+        self.sessions.free.push(id);
+        self.lingering.retain(|&(l, _)| l != id);
+    }
+
+    fn expire_lingering(&mut self) {
+        if self.lingering.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let done: Vec<LocalId> = self
+            .lingering
+            .iter()
+            .filter(|&&(id, deadline)| {
+                now >= deadline
+                    || self.sessions.slots[id as usize]
+                        .as_ref()
+                        .is_none_or(|s| s.queued() == 0)
+            })
+            .map(|&(id, _)| id)
+            .collect();
+        for id in done {
+            self.finalize(id);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let dirty = std::mem::take(&mut self.sessions.dirty);
+        for &id in &dirty {
+            let Some(s) = self.sessions.get(id) else {
+                continue;
+            };
+            s.dirty = false;
+            let lingering = s.closing.is_some();
+            match s.flush(self.limits.write_chunk) {
+                Ok(n) => {
+                    self.counters.writes += 1;
+                    self.counters.bytes_out += n as u64;
+                }
+                Err(_) if lingering => s.wbuf.clear(),
+                Err(e) => self.close(id, CloseReason::Io(e.to_string())),
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        // Closes above may have queued notifications for others: keep both lists.
+        dirty.append(&mut self.sessions.dirty);
+        self.sessions.dirty = dirty;
+    }
+
+    /// Pauses reading while a client is congested and ends clients that stay congested.
+    fn check_congestion(&mut self) {
+        let mark = self.limits.queue_limit / 2;
+        let mut now = None;
+        let mut congested = false;
+        let mut slow = Vec::new();
+        for (i, slot) in self.sessions.slots.iter_mut().enumerate() {
+            let Some(s) = slot else { continue };
+            if s.closing.is_some() {
+                continue;
+            }
+            let queued = s.queued();
+            if queued <= mark {
+                s.congested_since = None;
+                continue;
+            }
+            let now = *now.get_or_insert_with(Instant::now);
+            let since = *s.congested_since.get_or_insert(now);
+            if queued > self.limits.queue_limit || now.duration_since(since) >= self.limits.stall {
+                slow.push((i as LocalId, queued));
+            } else {
+                congested = true;
+            }
+        }
+        for (id, queued) in slow {
+            self.counters.slow_consumer_disconnects += 1;
+            let reason = format!(
+                "slow consumer: {queued} bytes queued, limit {}",
+                self.limits.queue_limit
+            );
+            tracing::info!(id, %reason, "disconnecting");
+            if let Some(s) = self.sessions.get(id) {
+                s.drop_unsent_frames();
+                encode::goodbye(&mut s.wbuf, &reason);
+                self.counters.own_frames_out += 1;
+            }
+            self.close(id, CloseReason::SlowConsumer);
+        }
+        if congested && !self.paused {
+            self.counters.read_pauses += 1;
+        }
+        self.paused = congested;
+    }
+
+    /// Says goodbye to every client, writes what it can within a short bound, closes all
+    /// sockets and removes the Unix socket file.
+    fn shutdown(&mut self) {
+        tracing::info!(
+            "shutting down: saying goodbye to {} clients",
+            self.sessions.live
+        );
+        for slot in self.sessions.slots.iter_mut().flatten() {
+            if slot.closing.is_none() {
+                encode::goodbye(&mut slot.wbuf, "daemon shutting down");
+                self.counters.own_frames_out += 1;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut events = Events::with_capacity(64);
+        loop {
+            let mut pending = false;
+            for slot in self.sessions.slots.iter_mut().flatten() {
+                if slot.flush(self.limits.write_chunk).is_err() {
+                    slot.wbuf.clear();
+                    slot.wpos = 0;
+                }
+                pending |= slot.queued() > 0;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !pending || left.is_zero() {
+                break;
+            }
+            if self
+                .poll
+                .poll(&mut events, Some(left.min(Duration::from_millis(50))))
+                .is_err()
+            {
+                break;
+            }
+        }
+        for slot in &mut self.sessions.slots {
+            if let Some(s) = slot.as_mut() {
+                let _ = self.poll.registry().deregister(s.stream.source());
+            }
+            *slot = None;
+        }
+        self.tcp = None;
+        if let Some((listener, path)) = self.unix.take() {
+            drop(listener);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!("cannot remove {}: {e}", path.display());
+            }
+        }
+    }
+}
