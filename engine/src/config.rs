@@ -495,8 +495,11 @@ pub struct Profile {
     pub socket_recv_buffer: usize,
     /// Default per-client output queue limit in bytes.
     pub client_queue_limit: usize,
-    /// How long a client may sit above half its queue limit (holding everyone's senders
-    /// back) before it is disconnected as a slow consumer, in milliseconds.
+    /// Output queued for one client above which the daemon stops reading from clients
+    /// until it drains (keeps queues short and cache-warm; capped at half the queue limit).
+    pub client_pause_bytes: usize,
+    /// How long a client may stay above the pause mark (holding everyone's senders back)
+    /// before it is disconnected as a slow consumer, in milliseconds.
     pub client_stall_ms: u64,
     /// Knobs of the daemon ring.
     pub ring: RingTuning,
@@ -596,6 +599,12 @@ impl Profile {
             u(self.client_queue_limit),
             u(max_frame_len(DEFAULT_MAX_PAYLOAD)),
             1 << 40,
+        )?;
+        range(
+            "client_pause_bytes",
+            u(self.client_pause_bytes),
+            64 * 1024,
+            u(self.client_queue_limit),
         )?;
         range("client_stall_ms", self.client_stall_ms, 1, 3_600_000)?;
         let r = &self.ring;

@@ -209,6 +209,9 @@ impl Daemon {
             max_payload: config.clients.max_payload,
             max_frame: max_frame_len(config.clients.max_payload),
             queue_limit: config.queue_limit(&profile),
+            pause_mark: profile
+                .client_pause_bytes
+                .min(config.queue_limit(&profile) / 2),
             stall: Duration::from_millis(profile.client_stall_ms),
             read_chunk: profile.read_chunk_bytes,
             reads_per_turn: profile.reads_per_turn,

@@ -5,7 +5,7 @@
 //! for fairness) and handle every whole frame in what was read, encoding deliveries
 //! straight into the recipients' output queues; end the sessions that must end; then
 //! write each client's queue with as few writes as the socket allows. While some client's
-//! queue is above half its limit, reading from clients pauses (the senders wait in their
+//! queue is above the profile's pause mark, reading from clients pauses (the senders wait in their
 //! socket buffers); a client that stays there longer than the profile's stall time, or
 //! passes the limit, is disconnected as a slow consumer. Memory stays bounded either way.
 
@@ -41,6 +41,7 @@ pub(crate) struct Limits {
     pub max_payload: usize,
     pub max_frame: usize,
     pub queue_limit: usize,
+    pub pause_mark: usize,
     pub stall: Duration,
     pub read_chunk: usize,
     pub reads_per_turn: usize,
@@ -686,7 +687,7 @@ impl Worker {
 
     /// Pauses reading while a client is congested and ends clients that stay congested.
     fn check_congestion(&mut self) {
-        let mark = self.limits.queue_limit / 2;
+        let mark = self.limits.pause_mark;
         let mut now = None;
         let mut congested = false;
         let mut slow = Vec::new();
