@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use conclave::Service;
-use conclave_tools::flood::{Report, median_min_max};
+use conclave_tools::flood::{Report, median_min_max, process_cpu_seconds};
 
 #[derive(Parser)]
 #[command(name = "conclave-bench", version, about = "Conclave benchmark harness")]
@@ -146,7 +146,7 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 struct DaemonProc {
-    _child: Reaped,
+    child: Reaped,
     unix: String,
     tcp: String,
     _dir: PathBuf,
@@ -185,7 +185,7 @@ fn start_daemon(args: &FloodBench) -> AnyResult<DaemonProc> {
     )?;
     eprintln!("{ready}");
     Ok(DaemonProc {
-        _child: child,
+        child,
         unix: format!("unix:{}", socket.display()),
         tcp: format!("127.0.0.1:{port}"),
         _dir: dir,
@@ -194,22 +194,32 @@ fn start_daemon(args: &FloodBench) -> AnyResult<DaemonProc> {
 
 fn default_count(size: usize) -> u64 {
     match size {
-        0..=256 => 1_000_000,
+        0..=256 => 2_000_000,
         257..=2048 => 500_000,
         _ => 200_000,
     }
 }
 
+/// What one run measured.
+struct RunResult {
+    recv: Report,
+    send: Report,
+    /// CPU seconds the daemon used from the sender's start to the receiver's report.
+    daemon_cpu: Option<f64>,
+}
+
 /// One measured run: the receiver's report (and the sender's, for its send rate).
+#[allow(clippy::too_many_arguments)]
 fn run_once(
     conclave: &Path,
+    daemon_pid: Option<u32>,
     daemon: &str,
     group: &str,
     size: usize,
     count: u64,
     service: &str,
     timeout: Duration,
-) -> AnyResult<(Report, Report)> {
+) -> AnyResult<RunResult> {
     let secs = timeout.as_secs().to_string();
     let mut recv = Process::new(conclave);
     recv.args([
@@ -229,6 +239,7 @@ fn run_once(
         Duration::from_secs(20),
         "the flood receiver",
     )?;
+    let cpu_before = daemon_pid.and_then(|p| process_cpu_seconds(Some(p)));
     let mut send = Process::new(conclave);
     send.args([
         "--daemon", daemon, "flood", "send", "--json", "--group", group,
@@ -247,13 +258,18 @@ fn run_once(
         "the receiver's report",
     )?;
     let recv_report: Report = serde_json::from_str(&line)?;
+    let cpu_after = daemon_pid.and_then(|p| process_cpu_seconds(Some(p)));
     let mut sline = String::new();
     sout.read_to_string(&mut sline)?;
     drop(send);
     drop(recv);
     let send_report: Report =
         serde_json::from_str(sline.trim()).map_err(|e| format!("sender report {sline:?}: {e}"))?;
-    Ok((recv_report, send_report))
+    Ok(RunResult {
+        recv: recv_report,
+        send: send_report,
+        daemon_cpu: cpu_before.zip(cpu_after).map(|(a, b)| b - a),
+    })
 }
 
 /// Picks one measured series out of a row.
@@ -267,6 +283,10 @@ struct Row {
     send_msgs: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
+    /// Daemon CPU microseconds per delivered message.
+    daemon_us: Vec<f64>,
+    /// Sender plus receiver CPU microseconds per message.
+    client_us: Vec<f64>,
     missing: u64,
 }
 
@@ -313,7 +333,7 @@ fn flood(args: FloodBench) -> AnyResult<()> {
 
     let mut rows = Vec::new();
     let mut csv = String::from(
-        "transport,size,service,repeat,messages,seconds,msgs_per_s,mb_per_s,send_msgs_per_s,missing,p50_us,p90_us,p99_us,p999_us\n",
+        "transport,size,service,repeat,messages,seconds,msgs_per_s,mb_per_s,send_msgs_per_s,missing,p50_us,p90_us,p99_us,p999_us,daemon_cpu_us_per_msg,client_cpu_us_per_msg\n",
     );
     let mut run_no = 0u32;
     for transport in &args.transports {
@@ -328,13 +348,16 @@ fn flood(args: FloodBench) -> AnyResult<()> {
                 send_msgs: vec![],
                 p50: vec![],
                 p99: vec![],
+                daemon_us: vec![],
+                client_us: vec![],
                 missing: 0,
             };
             for rep in 0..args.repeats {
                 run_no += 1;
                 let group = format!("bench-{}-{run_no}", std::process::id());
-                let (r, s) = run_once(
+                let run = run_once(
                     &conclave,
+                    daemon.as_ref().map(|d| d.child.0.id()),
                     &addr,
                     &group,
                     size,
@@ -342,11 +365,18 @@ fn flood(args: FloodBench) -> AnyResult<()> {
                     service.name(),
                     Duration::from_secs(args.run_timeout),
                 )?;
-                eprintln!("  {}", r.human().replace('\n', "\n  "));
+                let (r, s) = (&run.recv, &run.send);
+                let per_msg = |cpu: f64| cpu * 1e6 / r.messages.max(1) as f64;
+                let daemon_us = run.daemon_cpu.map(per_msg).unwrap_or(f64::NAN);
+                let client_us = per_msg(r.cpu_seconds + s.cpu_seconds);
+                eprintln!(
+                    "  {}\n  CPU per message: daemon {daemon_us:.2} us, sender+receiver {client_us:.2} us",
+                    r.human().replace('\n', "\n  ")
+                );
                 let l = r.latency.clone().unwrap_or_default();
                 let _ = writeln!(
                     csv,
-                    "{transport},{size},{},{rep},{},{:.6},{:.1},{:.2},{:.1},{},{:.1},{:.1},{:.1},{:.1}",
+                    "{transport},{size},{},{rep},{},{:.6},{:.1},{:.2},{:.1},{},{:.1},{:.1},{:.1},{:.1},{:.3},{:.3}",
                     service.name(),
                     r.messages,
                     r.seconds,
@@ -357,7 +387,9 @@ fn flood(args: FloodBench) -> AnyResult<()> {
                     l.p50_us,
                     l.p90_us,
                     l.p99_us,
-                    l.p999_us
+                    l.p999_us,
+                    daemon_us,
+                    client_us
                 );
                 row.msgs.push(r.msgs_per_s);
                 row.mbs.push(r.mb_per_s);
@@ -365,6 +397,10 @@ fn flood(args: FloodBench) -> AnyResult<()> {
                 row.p50.push(l.p50_us);
                 row.p99.push(l.p99_us);
                 row.missing += r.missing;
+                if daemon_us.is_finite() {
+                    row.daemon_us.push(daemon_us);
+                }
+                row.client_us.push(client_us);
             }
             rows.push(row);
         }
@@ -404,13 +440,13 @@ fn fmt_range(v: &[f64], scale: f64, digits: usize) -> String {
 fn markdown_table(rows: &[Row], service: &str, repeats: usize) -> String {
     let mut t = format!(
         "Flood, 1 sender -> 1 receiver through one daemon, service {service}; median (min-max) of {repeats} runs, measured at the receiver\n\n\
-         | transport | size (B) | msgs/s | MB/s | sender msgs/s | p50 latency (us) | p99 latency (us) | lost |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n"
+         | transport | size (B) | msgs/s | MB/s | sender msgs/s | p50 latency (us) | p99 latency (us) | daemon CPU us/msg | client CPU us/msg | lost |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.transport,
             r.size,
             fmt_range(&r.msgs, 1.0, 0),
@@ -418,6 +454,8 @@ fn markdown_table(rows: &[Row], service: &str, repeats: usize) -> String {
             fmt_range(&r.send_msgs, 1.0, 0),
             fmt_range(&r.p50, 1.0, 0),
             fmt_range(&r.p99, 1.0, 0),
+            fmt_range(&r.daemon_us, 1.0, 2),
+            fmt_range(&r.client_us, 1.0, 2),
             r.missing
         );
     }

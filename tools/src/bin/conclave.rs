@@ -573,6 +573,9 @@ fn flood_recv(addr: &conclave::Address, c: &FloodCommon, idle: f64) -> AnyResult
 }
 
 fn print_report(report: &Report, json: bool) {
+    let mut report = report.clone();
+    report.cpu_seconds = flood::process_cpu_seconds(None).unwrap_or(0.0);
+    let report = &report;
     if json {
         match serde_json::to_string(report) {
             Ok(line) => println!("{line}"),
