@@ -523,3 +523,38 @@ fn tcp_clients_and_unix_clients_share_groups() {
     assert!(transports.contains(&(un, "unix".into())));
     d.shutdown().unwrap();
 }
+
+#[test]
+fn clients_beyond_the_limit_are_refused_and_the_slot_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "max_clients = 1");
+    let sock = d.unix_socket().unwrap().to_owned();
+    let (mut first, _) = Client::hello(&sock, "first");
+    let mut second = Client::unix(&sock);
+    assert!(matches!(
+        second.next(),
+        Got::Refused(RefuseCode::TooManyClients, _)
+    ));
+    assert_eq!(second.try_next(), None);
+    let s = first.status();
+    assert_eq!(s["counters"]["refusals_by_code"]["TooManyClients"], 1);
+    first.send(encode::disconnect);
+    assert_eq!(first.try_next(), None);
+    // The freed slot takes a new client (bounded retries: the close is asynchronous).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut c = Client::unix(&sock);
+        c.send(|w| encode::hello(w, PROTOCOL_VERSION, "third"));
+        match c.next() {
+            Got::Welcome(name) => {
+                assert_eq!(name, "#third#d1");
+                break;
+            }
+            Got::Refused(RefuseCode::TooManyClients, _) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    d.shutdown().unwrap();
+}
