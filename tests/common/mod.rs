@@ -21,29 +21,37 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// Builds `conclaved` once per test binary and returns its path.
 pub fn conclaved() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // tests run from target/<profile>/deps/<test>-<hash>
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile> above deps")
-            .to_path_buf();
-        let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-q", "-p", "conclave-tools", "--bin", "conclaved"])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build for conclaved");
-        assert!(status.success(), "building conclaved failed");
-        let bin = profile_dir.join("conclaved");
-        assert!(bin.exists(), "{} missing after build", bin.display());
-        bin
-    })
-    .clone()
+    BIN.get_or_init(|| build_tool("conclaved")).clone()
+}
+
+/// Builds the `conclave` CLI once per test binary and returns its path.
+pub fn conclave_cli() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_tool("conclave")).clone()
+}
+
+/// Runs `cargo build` for one binary of conclave-tools in this test's target dir.
+fn build_tool(name: &str) -> PathBuf {
+    // tests run from target/<profile>/deps/<test>-<hash>
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> above deps")
+        .to_path_buf();
+    let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "-q", "-p", "conclave-tools", "--bin", name])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "building {name} failed");
+    let bin = profile_dir.join(name);
+    assert!(bin.exists(), "{} missing after build", bin.display());
+    bin
 }
 
 /// A port nothing listens on right now.

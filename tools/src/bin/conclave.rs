@@ -217,6 +217,7 @@ fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
         if stdin_ready {
             let n = stdin.lock().read(&mut chunk)?;
             if n == 0 {
+                settle(&mut conn, &mut state)?;
                 conn.disconnect()?;
                 return Ok(());
             }
@@ -224,9 +225,14 @@ fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
             while let Some(pos) = line_buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = line_buf.drain(..=pos).collect();
                 let line = String::from_utf8_lossy(&line).trim().to_owned();
+                // Show what already arrived first, so output follows input in order.
+                while let Some(ev) = conn.receive(Duration::ZERO)? {
+                    show_event(&mut state, ev);
+                }
                 match user_command(&mut conn, &mut state, &line) {
                     Ok(true) => {}
                     Ok(false) => {
+                        settle(&mut conn, &mut state)?;
                         conn.disconnect()?;
                         return Ok(());
                     }
@@ -240,6 +246,20 @@ fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
             }
         }
     }
+}
+
+/// Shows what is still arriving (until 200 ms pass quietly, at most 2 s) before quitting,
+/// so a scripted session sees the answers to its last commands.
+fn settle(conn: &mut Connection, state: &mut UserState) -> conclave::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match conn.receive(Duration::from_millis(200)) {
+            Ok(Some(ev)) => show_event(state, ev),
+            Ok(None) | Err(conclave::Error::Closed { .. }) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn prompt() {
