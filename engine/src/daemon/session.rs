@@ -119,6 +119,10 @@ pub(crate) struct Session {
 /// hold one whole frame) only for clients that send that much.
 const INITIAL_READ_BUFFER: usize = 16 * 1024;
 
+/// Output capacity an emptied queue keeps; a burst beyond it is given back, so idle
+/// clients do not pin the memory of their largest backlog.
+const KEEP_WRITE_CAPACITY: usize = 8 << 20;
+
 impl Session {
     pub(crate) fn new(stream: Stream) -> Self {
         Self {
@@ -160,6 +164,15 @@ impl Session {
         self.rbuf.resize(size, 0);
     }
 
+    /// Gives back a read buffer grown for a large frame once it is empty again.
+    pub(crate) fn shrink_read(&mut self, chunk: usize) {
+        let keep = chunk.max(INITIAL_READ_BUFFER);
+        if self.rlen == 0 && self.rbuf.len() > keep {
+            self.rbuf.truncate(keep);
+            self.rbuf.shrink_to_fit();
+        }
+    }
+
     /// Writes queued output: chunks of at most `chunk` bytes until the socket is full.
     /// Returns the bytes written.
     pub(crate) fn flush(&mut self, chunk: usize) -> io::Result<usize> {
@@ -184,6 +197,9 @@ impl Session {
             self.wbuf.clear();
             self.wpos = 0;
             self.head = 0;
+            if self.wbuf.capacity() > KEEP_WRITE_CAPACITY {
+                self.wbuf.shrink_to(KEEP_WRITE_CAPACITY);
+            }
         } else if self.wpos >= self.wbuf.len() / 2 {
             // Compact only when the sent part is at least half the buffer, so every byte
             // is moved O(1) times however slowly the socket drains.
@@ -281,5 +297,10 @@ mod tests {
         let before = s.rbuf.len();
         s.reserve_read(32 * 1024, 1 << 20);
         assert_eq!(s.rbuf.len(), before, "no growth while there is room");
+        s.shrink_read(32 * 1024);
+        assert_eq!(s.rbuf.len(), before, "no shrinking while bytes are pending");
+        s.rlen = 0;
+        s.shrink_read(32 * 1024);
+        assert_eq!(s.rbuf.len(), 32 * 1024);
     }
 }

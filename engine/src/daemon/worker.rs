@@ -110,7 +110,11 @@ pub(crate) struct Worker {
     stop: Arc<AtomicBool>,
     next_anonymous: u64,
     paused: bool,
+    next_housekeeping: Instant,
 }
+
+/// How often idle buffers are given back.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 impl Worker {
     #[allow(clippy::too_many_arguments)]
@@ -140,6 +144,7 @@ impl Worker {
             stop,
             next_anonymous: 1,
             paused: false,
+            next_housekeeping: Instant::now() + HOUSEKEEPING,
         }
     }
 
@@ -193,6 +198,7 @@ impl Worker {
             self.flush_all();
             self.check_congestion();
             self.expire_lingering();
+            self.housekeeping();
         }
         self.shutdown();
         Ok(())
@@ -638,6 +644,19 @@ impl Worker {
         self.sessions.live -= 1;
         self.sessions.free.push(id);
         self.lingering.retain(|&(l, _)| l != id);
+    }
+
+    /// Once a second: read buffers grown for a large frame and now empty are given back
+    /// (not on the hot path, where a stream of large frames would regrow them each time).
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        if now < self.next_housekeeping {
+            return;
+        }
+        self.next_housekeeping = now + HOUSEKEEPING;
+        for s in self.sessions.slots.iter_mut().flatten() {
+            s.shrink_read(self.limits.read_chunk);
+        }
     }
 
     fn expire_lingering(&mut self) {
