@@ -357,3 +357,177 @@ impl AsRawFd for Connection {
         self.stream.as_fd().as_raw_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The blocking front end over a scripted fake daemon: framing and timeouts only;
+    //! daemon behaviour is tested against the real daemon in tests/.
+    use super::*;
+    use conclave_control::wire::client::{
+        ClientFrame, ErrorCode, RefuseCode, decode_client, encode, max_frame_len, split_frame,
+    };
+    use std::os::unix::net::UnixListener;
+    use std::thread::JoinHandle;
+
+    /// Reads client frames off `s` until `n` whole frames arrived; returns their kinds.
+    fn read_client_frames(s: &mut UnixStream, n: usize) -> Vec<String> {
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 4096];
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        while out.len() < n {
+            while let Some((body, used)) = split_frame(&buf, max_frame_len(1 << 20)).unwrap() {
+                let f = decode_client(body).unwrap();
+                out.push(match f {
+                    ClientFrame::Hello { name, .. } => format!("hello {name}"),
+                    ClientFrame::Join { group } => format!("join {group}"),
+                    ClientFrame::Multicast { payload, .. } => format!("mcast {}", payload.len()),
+                    ClientFrame::StatusRequest => "status".into(),
+                    ClientFrame::Disconnect => "disconnect".into(),
+                    other => format!("{other:?}"),
+                });
+                buf.drain(..used);
+            }
+            if out.len() >= n {
+                break;
+            }
+            let k = s.read(&mut chunk).unwrap();
+            assert!(k > 0, "client closed early; got {out:?}");
+            buf.extend_from_slice(&chunk[..k]);
+        }
+        out
+    }
+
+    fn fake(
+        script: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> (tempfile::TempDir, Address, JoinHandle<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fake.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let handle = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            script(s);
+        });
+        (dir, Address::Unix(path), handle)
+    }
+
+    fn welcome(s: &mut UnixStream) {
+        assert_eq!(read_client_frames(s, 1), ["hello bob"]);
+        let mut w = Vec::new();
+        encode::welcome(&mut w, "#bob#fake", "fake", 4096);
+        s.write_all(&w).unwrap();
+    }
+
+    #[test]
+    fn batches_timeouts_status_and_goodbye() {
+        let (_dir, addr, fake) = fake(|mut s| {
+            welcome(&mut s);
+            let got = read_client_frames(&mut s, 102);
+            assert_eq!(got[0], "join g");
+            assert!(got[1..101].iter().all(|f| f == "mcast 100"), "{got:?}");
+            assert_eq!(got[101], "status");
+            // Deliveries and the status answer, written byte by byte in places.
+            let mut w = Vec::new();
+            for i in 0..50u16 {
+                encode::data_to(&mut w, "#x#fake", ["g"], Service::Fifo, i, b"abc");
+            }
+            encode::error(&mut w, ErrorCode::NotJoined, "nope");
+            encode::status(&mut w, "{\"ok\":true}");
+            for i in 50..60u16 {
+                encode::data_to(&mut w, "#x#fake", ["g"], Service::Fifo, i, b"abc");
+            }
+            let (a, b) = w.split_at(7);
+            s.write_all(a).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            s.write_all(b).unwrap();
+            let mut bye = Vec::new();
+            encode::goodbye(&mut bye, "fake daemon closing");
+            assert_eq!(read_client_frames(&mut s, 1), ["status"]);
+            s.write_all(&bye).unwrap();
+        });
+        let mut c = Connection::connect_as(&addr, "bob").unwrap();
+        assert_eq!(c.private_name(), "#bob#fake");
+        assert_eq!(c.max_payload(), 4096);
+        assert!(matches!(
+            c.multicast(Service::Agreed, &["g"], 0, &[0; 4097]),
+            Err(Error::TooLarge { .. })
+        ));
+        c.join("g").unwrap();
+        for _ in 0..100 {
+            c.multicast_buffered(Service::Agreed, &["g"], 0, &[1; 100])
+                .unwrap();
+        }
+        assert!(c.buffered_output() > 0, "buffered sends wait for flush");
+        c.flush().unwrap();
+        assert_eq!(c.status().unwrap(), "{\"ok\":true}");
+        // The 50 deliveries before the status answer were kept, in order.
+        for i in 0..50u16 {
+            match c.receive(Duration::from_secs(5)).unwrap() {
+                Some(Event::Data { msg_type, .. }) => assert_eq!(msg_type, i),
+                other => panic!("expected data {i}, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            c.receive(Duration::from_secs(5)).unwrap(),
+            Some(Event::Error {
+                code: ErrorCode::NotJoined,
+                ..
+            })
+        ));
+        let mut types = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while types.len() < 10 && Instant::now() < deadline {
+            c.receive_frames(Duration::from_millis(100), |f| {
+                if let DaemonFrame::Data { msg_type, .. } = f {
+                    types.push(*msg_type);
+                }
+            })
+            .unwrap();
+        }
+        assert_eq!(types, (50..60).collect::<Vec<u16>>());
+        let t0 = Instant::now();
+        assert_eq!(c.receive(Duration::from_millis(100)).unwrap(), None);
+        assert!(
+            t0.elapsed() >= Duration::from_millis(90),
+            "waits for the timeout"
+        );
+        c.session.status_request();
+        c.flush().unwrap();
+        match c.receive(Duration::from_secs(5)).unwrap() {
+            Some(Event::Goodbye { reason }) => assert_eq!(reason, "fake daemon closing"),
+            other => panic!("expected goodbye, got {other:?}"),
+        }
+        match c.receive(Duration::from_secs(5)) {
+            Err(Error::Closed { reason }) => assert_eq!(reason, "fake daemon closing"),
+            other => panic!("expected closed, got {other:?}"),
+        }
+        fake.join().unwrap();
+    }
+
+    #[test]
+    fn refusal_and_silence_at_connect() {
+        let (_dir, addr, fake1) = fake(|mut s| {
+            read_client_frames(&mut s, 1);
+            let mut w = Vec::new();
+            encode::refused(&mut w, RefuseCode::TooManyClients, "full");
+            s.write_all(&w).unwrap();
+        });
+        match Connection::connect_as(&addr, "bob") {
+            Err(Error::Refused { code, reason }) => {
+                assert_eq!(code, RefuseCode::TooManyClients);
+                assert_eq!(reason, "full");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        fake1.join().unwrap();
+        let (_dir, addr, fake2) = fake(|mut s| {
+            read_client_frames(&mut s, 1);
+            // Hang up without a word.
+        });
+        assert!(matches!(
+            Connection::connect_as(&addr, "bob"),
+            Err(Error::Closed { .. })
+        ));
+        fake2.join().unwrap();
+    }
+}
