@@ -76,6 +76,13 @@ impl Stream {
             Stream::Tcp(s) => s.as_fd(),
         }
     }
+
+    fn sock_ref(&self) -> socket2::SockRef<'_> {
+        match self {
+            Stream::Unix(s) => socket2::SockRef::from(s),
+            Stream::Tcp(s) => socket2::SockRef::from(s),
+        }
+    }
 }
 
 /// A blocking connection to a daemon.
@@ -192,6 +199,17 @@ impl Connection {
             return Err(Error::BadPrivateName(private_name.to_owned()));
         }
         self.multicast(service, &[private_name], msg_type, payload)
+    }
+
+    /// Asks the kernel for socket buffers of these sizes (bytes; the kernel caps them at
+    /// `net.core.wmem_max` / `rmem_max`) and returns the sizes it granted.
+    ///
+    /// Larger buffers let a fast sender or receiver move more per system call.
+    pub fn set_socket_buffers(&mut self, send: usize, recv: usize) -> Result<(usize, usize)> {
+        let sock = self.stream.sock_ref();
+        sock.set_send_buffer_size(send)?;
+        sock.set_recv_buffer_size(recv)?;
+        Ok((sock.send_buffer_size()?, sock.recv_buffer_size()?))
     }
 
     /// Writes everything queued.
@@ -448,6 +466,8 @@ mod tests {
         let mut c = Connection::connect_as(&addr, "bob").unwrap();
         assert_eq!(c.private_name(), "#bob#fake");
         assert_eq!(c.max_payload(), 4096);
+        let (snd, rcv) = c.set_socket_buffers(64 << 10, 64 << 10).unwrap();
+        assert!(snd >= 64 << 10 && rcv >= 64 << 10, "granted {snd} / {rcv}");
         assert!(matches!(
             c.multicast(Service::Agreed, &["g"], 0, &[0; 4097]),
             Err(Error::TooLarge { .. })

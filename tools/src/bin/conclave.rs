@@ -67,6 +67,9 @@ struct FloodCommon {
     /// Print the report as one JSON line (for conclave-bench).
     #[arg(long)]
     json: bool,
+    /// Socket send and receive buffer size to ask for, in bytes (0: the system default).
+    #[arg(long, default_value_t = 0)]
+    sock_buf: usize,
 }
 
 #[derive(Subcommand)]
@@ -395,6 +398,9 @@ fn flood_send(
 ) -> AnyResult<()> {
     let deadline = Instant::now() + Duration::from_secs_f64(c.timeout);
     let mut conn = Connection::connect(addr)?;
+    if c.sock_buf > 0 {
+        conn.set_socket_buffers(c.sock_buf, c.sock_buf)?;
+    }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut own = OwnReceipt::default();
     if self_receive {
@@ -492,6 +498,9 @@ fn flood_recv(addr: &conclave::Address, c: &FloodCommon, idle: f64) -> AnyResult
     let deadline = Instant::now() + Duration::from_secs_f64(c.timeout);
     let idle = Duration::from_secs_f64(idle);
     let mut conn = Connection::connect(addr)?;
+    if c.sock_buf > 0 {
+        conn.set_socket_buffers(c.sock_buf, c.sock_buf)?;
+    }
     conn.join(&c.group)?;
     // Ready only once our join is in the view, so the sender's first message reaches us.
     let me = conn.private_name().to_owned();
