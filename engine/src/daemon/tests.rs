@@ -558,3 +558,35 @@ fn clients_beyond_the_limit_are_refused_and_the_slot_comes_back() {
     }
     d.shutdown().unwrap();
 }
+
+#[test]
+fn a_client_writing_to_itself_without_reading_is_not_deadlocked_by_the_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path(), "max_payload = 4096");
+    let mut p = c.load_profile().unwrap();
+    p.client_pause_bytes = 64 * 1024;
+    p.client_stall_ms = 300;
+    p.socket_send_buffer = 65536;
+    p.socket_recv_buffer = 65536;
+    let d = Daemon::start(c, p).unwrap();
+    let (mut me, name) = Client::hello(d.unix_socket().unwrap(), "echo");
+    me.send(|w| encode::join(w, "mirror"));
+    me.next();
+    // 4 MB in one blocking write: far beyond the pause mark and every socket buffer, so
+    // the write completes only if the daemon keeps reading from this congested client.
+    let mut batch = Vec::new();
+    for i in 0..1000u32 {
+        encode::multicast(&mut batch, Service::Fifo, 0, ["mirror"], &[i as u8; 4000]);
+    }
+    me.raw(&batch);
+    for i in 0..1000u32 {
+        match me.next() {
+            Got::Data(sender, _, Service::Fifo, Bytes(p)) => {
+                assert_eq!(sender, name);
+                assert_eq!(p[0], i as u8, "FIFO order");
+            }
+            other => panic!("message {i}: unexpected {other:?}"),
+        }
+    }
+    d.shutdown().unwrap();
+}

@@ -110,6 +110,8 @@ pub(crate) struct Worker {
     stop: Arc<AtomicBool>,
     next_anonymous: u64,
     paused: bool,
+    /// Some queued session may be read at once (it has budget left and is not held back).
+    can_read: bool,
     next_housekeeping: Instant,
 }
 
@@ -144,6 +146,7 @@ impl Worker {
             stop,
             next_anonymous: 1,
             paused: false,
+            can_read: false,
             next_housekeeping: Instant::now() + HOUSEKEEPING,
         }
     }
@@ -153,7 +156,8 @@ impl Worker {
         let mut events = Events::with_capacity(self.limits.poll_events);
         let mut ready: Vec<Token> = Vec::with_capacity(self.limits.poll_events);
         while !self.stop.load(Ordering::Acquire) {
-            let busy = (!self.read_queue.is_empty() && !self.paused)
+            let busy = self.can_read
+                || (!self.paused && !self.read_queue.is_empty())
                 || !self.sessions.dirty.is_empty()
                 || !self.to_close.is_empty();
             let timeout = if busy {
@@ -191,9 +195,7 @@ impl Worker {
                     _ => {} // the waker: the loop condition reads the stop flag
                 }
             }
-            if !self.paused {
-                self.read_all();
-            }
+            self.read_all();
             self.close_pending();
             self.flush_all();
             self.check_congestion();
@@ -210,6 +212,7 @@ impl Worker {
         {
             s.queued_read = true;
             self.read_queue.push(id);
+            self.can_read = true;
         }
     }
 
@@ -287,16 +290,27 @@ impl Worker {
         self.queue_read(id);
     }
 
+    /// Reads from every queued session. While paused, only congested sessions are read:
+    /// a client whose own queue is long may be blocked writing to us and unable to read
+    /// until its write completes, so holding it back would deadlock it; its queue is
+    /// still bounded by the hard limit.
     fn read_all(&mut self) {
         let mut queue = std::mem::take(&mut self.read_queue);
         let mut keep = 0;
+        self.can_read = false;
         for i in 0..queue.len() {
             let id = queue[i];
-            let more = self.read_session(id);
+            let eligible = !self.paused
+                || self
+                    .sessions
+                    .get(id)
+                    .is_some_and(|s| s.congested_since.is_some());
+            let more = !eligible || self.read_session(id);
             match self.sessions.get(id) {
                 Some(s) if more && s.closing.is_none() => {
                     queue[keep] = id;
                     keep += 1;
+                    self.can_read |= eligible;
                 }
                 Some(s) => s.queued_read = false,
                 None => {}
@@ -304,6 +318,7 @@ impl Worker {
         }
         queue.truncate(keep);
         // Sessions queued while reading (newly accepted ones) go after the leftovers.
+        self.can_read |= !self.read_queue.is_empty() && !self.paused;
         queue.append(&mut self.read_queue);
         self.read_queue = queue;
     }
