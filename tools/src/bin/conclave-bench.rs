@@ -62,6 +62,10 @@ struct FloodBench {
     /// Seconds one run may take before it is abandoned.
     #[arg(long, default_value_t = 120)]
     run_timeout: u64,
+    /// Pace the sender to this many messages per second (0: flat out). A paced run
+    /// measures latency without queueing; a flat-out run measures throughput.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
 }
 
 fn main() -> ExitCode {
@@ -218,6 +222,7 @@ fn run_once(
     size: usize,
     count: u64,
     service: &str,
+    rate: u64,
     timeout: Duration,
 ) -> AnyResult<RunResult> {
     let secs = timeout.as_secs().to_string();
@@ -246,6 +251,7 @@ fn run_once(
     ])
     .args(["--size", &size.to_string(), "--count", &count.to_string()])
     .args(["--service", service, "--timeout", &secs])
+    .args(["--rate", &rate.to_string()])
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());
     let mut send = send.spawn()?;
@@ -363,6 +369,7 @@ fn flood(args: FloodBench) -> AnyResult<()> {
                     size,
                     count,
                     service.name(),
+                    args.rate,
                     Duration::from_secs(args.run_timeout),
                 )?;
                 let (r, s) = (&run.recv, &run.send);
@@ -407,7 +414,10 @@ fn flood(args: FloodBench) -> AnyResult<()> {
     }
     drop(daemon);
 
-    let table = markdown_table(&rows, service.name(), args.repeats);
+    let mut table = markdown_table(&rows, service.name(), args.repeats);
+    if args.rate > 0 {
+        table = format!("Sender paced at {} msgs/s.\n{table}", args.rate);
+    }
     println!("{table}");
     let csv_path = out_dir.join("flood.csv");
     let svg_path = out_dir.join("flood.svg");
