@@ -501,6 +501,9 @@ pub struct Profile {
     /// How long a client may stay above the pause mark (holding everyone's senders back)
     /// before it is disconnected as a slow consumer, in milliseconds.
     pub client_stall_ms: u64,
+    /// How long a new connection may take to send its hello before it is refused and
+    /// closed (so silent connections cannot hold client slots), in milliseconds.
+    pub hello_timeout_ms: u64,
     /// Knobs of the daemon ring.
     pub ring: RingTuning,
 }
@@ -607,6 +610,7 @@ impl Profile {
             u(self.client_queue_limit),
         )?;
         range("client_stall_ms", self.client_stall_ms, 1, 3_600_000)?;
+        range("hello_timeout_ms", self.hello_timeout_ms, 1, 3_600_000)?;
         let r = &self.ring;
         range("ring.token_timeout_ms", r.token_timeout_ms, 1, 600_000)?;
         range(

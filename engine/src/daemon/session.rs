@@ -113,6 +113,8 @@ pub(crate) struct Session {
     /// Since when the output queue has been above the congestion mark.
     pub(crate) congested_since: Option<Instant>,
     pub(crate) frames_in: u64,
+    /// When the connection was accepted (for the hello timeout).
+    pub(crate) accepted: Instant,
 }
 
 /// First size of a session's read buffer; it grows (to the profile's read chunk, or to
@@ -138,6 +140,7 @@ impl Session {
             closing: None,
             congested_since: None,
             frames_in: 0,
+            accepted: Instant::now(),
         }
     }
 

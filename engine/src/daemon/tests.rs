@@ -590,3 +590,19 @@ fn a_client_writing_to_itself_without_reading_is_not_deadlocked_by_the_pause() {
     }
     d.shutdown().unwrap();
 }
+
+#[test]
+fn a_silent_connection_is_refused_after_the_hello_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path(), "");
+    let mut p = c.load_profile().unwrap();
+    p.hello_timeout_ms = 100;
+    let d = Daemon::start(c, p).unwrap();
+    let mut silent = Client::unix(d.unix_socket().unwrap());
+    let Got::Refused(RefuseCode::BadHello, reason) = silent.next() else {
+        panic!("expected a refusal")
+    };
+    assert!(reason.contains("no hello"), "{reason}");
+    assert_eq!(silent.try_next(), None);
+    d.shutdown().unwrap();
+}

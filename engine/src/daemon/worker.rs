@@ -43,6 +43,7 @@ pub(crate) struct Limits {
     pub queue_limit: usize,
     pub pause_mark: usize,
     pub stall: Duration,
+    pub hello_timeout: Duration,
     pub read_chunk: usize,
     pub reads_per_turn: usize,
     pub write_chunk: usize,
@@ -165,6 +166,10 @@ impl Worker {
             } else if self.paused || !self.lingering.is_empty() {
                 // Paused on a congested client: look again soon for its stall deadline.
                 Some(Duration::from_millis(10))
+            } else if self.sessions.live > self.by_name.len() {
+                // Someone has not said hello yet: wake for the housekeeping that times
+                // it out.
+                Some(HOUSEKEEPING)
             } else {
                 None
             };
@@ -669,8 +674,20 @@ impl Worker {
             return;
         }
         self.next_housekeeping = now + HOUSEKEEPING;
-        for s in self.sessions.slots.iter_mut().flatten() {
+        let mut silent = Vec::new();
+        for (id, slot) in self.sessions.slots.iter_mut().enumerate() {
+            let Some(s) = slot else { continue };
             s.shrink_read(self.limits.read_chunk);
+            if !s.welcomed
+                && s.closing.is_none()
+                && now.duration_since(s.accepted) >= self.limits.hello_timeout
+            {
+                silent.push(id as LocalId);
+            }
+        }
+        for id in silent {
+            let reason = format!("no hello within {:?}", self.limits.hello_timeout);
+            self.refuse(id, RefuseCode::BadHello, &reason);
         }
     }
 
