@@ -170,6 +170,10 @@ fn start_daemon(args: &FloodBench) -> AnyResult<DaemonProc> {
     if let Some(p) = &args.profile {
         cmd.arg("--profile").arg(p);
     }
+    if std::env::var_os("RUST_LOG").is_none() {
+        // The daemon's info lines would drown the per-run results on stderr.
+        cmd.env("RUST_LOG", "warn");
+    }
     if let Some(c) = &args.config {
         cmd.arg("--config").arg(c);
     }
