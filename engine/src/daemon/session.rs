@@ -32,6 +32,31 @@ impl Stream {
         }
     }
 
+    /// Sends FIN: the peer reads what was sent, then end of stream.
+    pub(crate) fn shutdown_write(&self) {
+        let result = match self {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+        };
+        if let Err(e) = result {
+            tracing::debug!("shutdown(write) failed: {e}");
+        }
+    }
+
+    /// Reads and throws away whatever the peer sent (bounded); true once it closed.
+    pub(crate) fn discard_input(&mut self, scratch: &mut [u8]) -> bool {
+        for _ in 0..16 {
+            match self.read(scratch) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
     /// Applies the profile's socket buffer sizes (best effort: the kernel caps them).
     pub(crate) fn tune(&self, send: usize, recv: usize) {
         let sock = match self {
@@ -115,6 +140,10 @@ pub(crate) struct Session {
     pub(crate) frames_in: u64,
     /// When the connection was accepted (for the hello timeout).
     pub(crate) accepted: Instant,
+    /// While closing: our side is shut for writing (all last frames are out).
+    pub(crate) fin_sent: bool,
+    /// While closing: the peer closed its side.
+    pub(crate) peer_closed: bool,
 }
 
 /// First size of a session's read buffer; it grows (to the profile's read chunk, or to
@@ -141,6 +170,8 @@ impl Session {
             congested_since: None,
             frames_in: 0,
             accepted: Instant::now(),
+            fin_sent: false,
+            peer_closed: false,
         }
     }
 

@@ -116,6 +116,9 @@ pub(crate) struct Worker {
     next_housekeeping: Instant,
 }
 
+/// Longest a closing session lingers to get its last frames out.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// How often idle buffers are given back.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -309,7 +312,7 @@ impl Worker {
                 || self
                     .sessions
                     .get(id)
-                    .is_some_and(|s| s.congested_since.is_some());
+                    .is_some_and(|s| s.congested_since.is_some() || s.closing.is_some());
             let more = !eligible || self.read_session(id);
             match self.sessions.get(id) {
                 Some(s) if more && s.closing.is_none() => {
@@ -335,6 +338,12 @@ impl Worker {
                 return false;
             };
             if s.closing.is_some() {
+                // A lingering close: the input no longer matters, only noticing the
+                // peer's close does.
+                let (rbuf, closed) = (&mut s.rbuf, &mut s.peer_closed);
+                let mut scratch = std::mem::take(rbuf);
+                *closed |= s.stream.discard_input(&mut scratch);
+                s.rbuf = scratch;
                 return false;
             }
             s.reserve_read(self.limits.read_chunk, self.limits.max_frame);
@@ -619,9 +628,12 @@ impl Worker {
         }
     }
 
-    /// Ends the sessions marked this turn. What is queued for them (a Refused, Error or
-    /// Goodbye) gets one write now; if the socket is full, the session lingers, taking no
-    /// input and no deliveries, until its last frames are out or a short grace expires.
+    /// Ends the sessions marked this turn. A client that left, or whose socket failed,
+    /// is dropped at once. Otherwise (a Refused, an Error before closing, a Goodbye) the
+    /// session lingers, taking no deliveries: its last frames are written, then our side
+    /// is shut (FIN) and its input discarded until it closes or a short grace expires —
+    /// closing with unread input would reset a TCP connection and could destroy the
+    /// frames that say why.
     fn close_pending(&mut self) {
         for id in std::mem::take(&mut self.to_close) {
             let Some(s) = self.sessions.get(id) else {
@@ -635,12 +647,8 @@ impl Worker {
                 Ok(n) => self.counters.bytes_out += n as u64,
                 Err(_) => s.wbuf.clear(),
             }
-            if graceful && s.queued() > 0 {
-                let grace = self
-                    .limits
-                    .stall
-                    .clamp(Duration::from_millis(100), Duration::from_secs(2));
-                self.lingering.push((id, Instant::now() + grace));
+            if graceful {
+                self.lingering.push((id, Instant::now() + LINGER));
             } else {
                 self.finalize(id);
             }
@@ -691,22 +699,27 @@ impl Worker {
         }
     }
 
+    /// Moves lingering closes along: FIN once the last frames are out, drop once the peer
+    /// closed too or the grace expired.
     fn expire_lingering(&mut self) {
         if self.lingering.is_empty() {
             return;
         }
         let now = Instant::now();
-        let done: Vec<LocalId> = self
-            .lingering
-            .iter()
-            .filter(|&&(id, deadline)| {
-                now >= deadline
-                    || self.sessions.slots[id as usize]
-                        .as_ref()
-                        .is_none_or(|s| s.queued() == 0)
-            })
-            .map(|&(id, _)| id)
-            .collect();
+        let mut done = Vec::new();
+        for &(id, deadline) in &self.lingering {
+            let Some(s) = self.sessions.slots[id as usize].as_mut() else {
+                done.push(id);
+                continue;
+            };
+            if !s.fin_sent && s.queued() == 0 {
+                s.stream.shutdown_write();
+                s.fin_sent = true;
+            }
+            if now >= deadline || (s.fin_sent && s.peer_closed) {
+                done.push(id);
+            }
+        }
         for id in done {
             self.finalize(id);
         }
