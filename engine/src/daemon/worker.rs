@@ -829,8 +829,13 @@ impl Worker {
                 break;
             }
         }
+        // FIN first, and drop what clients still sent, so closing does not reset a TCP
+        // connection whose Goodbye is in flight.
+        let mut scratch = vec![0u8; 64 * 1024];
         for slot in &mut self.sessions.slots {
             if let Some(s) = slot.as_mut() {
+                s.stream.shutdown_write();
+                s.stream.discard_input(&mut scratch);
                 let _ = self.poll.registry().deregister(s.stream.source());
             }
             *slot = None;
