@@ -100,6 +100,11 @@ impl Connection {
         self.session.private_name()
     }
 
+    /// The daemon's name.
+    pub fn daemon_name(&self) -> &str {
+        self.session.daemon_name()
+    }
+
     /// Largest payload the daemon accepts.
     pub fn max_payload(&self) -> usize {
         self.session.max_payload()

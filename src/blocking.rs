@@ -173,6 +173,11 @@ impl Connection {
 
     /// Queues a message; it goes out with the next [`Connection::flush`] or once a batch
     /// fills (so a stream of small messages costs few system calls).
+    ///
+    /// Writes block while the daemon's socket buffer is full. A client that floods a group
+    /// it belongs to gets its own messages back and must read them too (e.g. with
+    /// [`Connection::receive_frames`] between batches): the daemon disconnects clients
+    /// whose unread output passes its queue limit.
     pub fn multicast_buffered<S: AsRef<str>>(
         &mut self,
         service: Service,
