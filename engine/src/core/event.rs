@@ -291,4 +291,37 @@ mod tests {
         long.push(7);
         assert_eq!(Event::decode(&long), Err(EventError::TrailingBytes(1)));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(0u8..=255, 0..256)) {
+            let mut rest = &bytes[..];
+            // Each step consumes at least the length prefix, so this ends.
+            while let Ok((_, used)) = Event::decode(rest) {
+                rest = &rest[used..];
+            }
+        }
+
+        #[test]
+        fn data_events_round_trip(
+            sender in "#[a-z]{1,8}#[a-z]{1,8}",
+            targets in proptest::collection::vec("[a-z]{1,32}", 1..5),
+            msg_type in 0u16..,
+            payload in proptest::collection::vec(0u8..=255, 0..512),
+        ) {
+            let list = group_list_bytes(targets.iter().map(String::as_str));
+            let event = Event::Data {
+                sender: &sender,
+                service: Service::Causal,
+                msg_type,
+                groups: group_list_of(&list).unwrap(),
+                payload: &payload,
+            };
+            let mut b = Vec::new();
+            event.encode(&mut b);
+            let (back, used) = Event::decode(&b).unwrap();
+            proptest::prop_assert_eq!(used, b.len());
+            proptest::prop_assert_eq!(back, event);
+        }
+    }
 }

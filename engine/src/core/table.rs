@@ -883,4 +883,112 @@ mod tests {
         assert_eq!(d2.boxes.take(1).len(), 3);
         assert_eq!(d1.boxes.take(1).len(), 3);
     }
+
+    mod model {
+        //! The table against a plain model, over random operation sequences.
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::{BTreeMap, BTreeSet};
+
+        const CLIENTS: [&str; 4] = ["#a#d", "#b#d", "#c#d", "#d#d"];
+        const GROUPS: [&str; 3] = ["x", "y", "z"];
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Join(usize, usize),
+            Leave(usize, usize),
+            Drop(usize),
+            Send(usize, Vec<usize>),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0..4usize, 0..3usize).prop_map(|(c, g)| Op::Join(c, g)),
+                (0..4usize, 0..3usize).prop_map(|(c, g)| Op::Leave(c, g)),
+                (0..4usize).prop_map(Op::Drop),
+                (0..4usize, proptest::collection::vec(0..3usize, 1..4))
+                    .prop_map(|(c, gs)| Op::Send(c, gs)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+            #[test]
+            fn table_matches_a_plain_model(ops in proptest::collection::vec(op(), 1..60)) {
+                let mut w = world(&[]);
+                let mut connected = [true; 4];
+                for (i, c) in CLIENTS.iter().enumerate() {
+                    w.connect(c, i as LocalId);
+                }
+                let mut members: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+                let mut last_view: BTreeMap<(usize, String), ViewId> = BTreeMap::new();
+                for (n, op) in ops.iter().enumerate() {
+                    let payload = (n as u32).to_le_bytes();
+                    let mut expect_data = BTreeSet::new();
+                    match op {
+                        Op::Join(c, g) if connected[*c] => {
+                            w.join(CLIENTS[*c], GROUPS[*g]);
+                            members.entry(*g).or_default().insert(*c);
+                        }
+                        Op::Leave(c, g) if connected[*c] => {
+                            w.apply(Event::Leave { client: CLIENTS[*c], group: GROUPS[*g] });
+                            members.entry(*g).or_default().remove(c);
+                        }
+                        Op::Drop(c) if connected[*c] => {
+                            w.apply(Event::Disconnect { client: CLIENTS[*c] });
+                            connected[*c] = false;
+                            for m in members.values_mut() {
+                                m.remove(c);
+                            }
+                        }
+                        Op::Send(c, gs) if connected[*c] => {
+                            let names: Vec<&str> = gs.iter().map(|&g| GROUPS[g]).collect();
+                            w.send(CLIENTS[*c], &names, &payload);
+                            for g in gs {
+                                expect_data.extend(members.get(g).into_iter().flatten().copied());
+                            }
+                        }
+                        _ => continue,
+                    }
+                    for i in 0..CLIENTS.len() {
+                        let seen = w.boxes.take(i as LocalId);
+                        let mut data = 0;
+                        for s in seen {
+                            match s {
+                                Seen::Data(_, _, p) => {
+                                    prop_assert_eq!(&p[..], &payload[..]);
+                                    data += 1;
+                                }
+                                Seen::View(g, v, _, _, ms) => {
+                                    if let Some(prev) = last_view.insert((i, g.clone()), v) {
+                                        prop_assert!(v > prev, "views increase");
+                                    }
+                                    let mut sorted = ms.clone();
+                                    sorted.sort();
+                                    prop_assert_eq!(&sorted, &ms, "members are sorted");
+                                    let gi = GROUPS.iter().position(|x| *x == g).unwrap();
+                                    let want: Vec<String> = members.get(&gi).into_iter().flatten()
+                                        .map(|&m| CLIENTS[m].to_string()).collect();
+                                    if !ms.is_empty() {
+                                        prop_assert_eq!(ms, want, "the view is the membership");
+                                    }
+                                }
+                                Seen::Error(_) => {}
+                            }
+                        }
+                        prop_assert_eq!(data, usize::from(expect_data.contains(&i)),
+                            "client {} gets a message once iff it is in a target", i);
+                    }
+                }
+                let groups = w.table.groups();
+                for g in &groups {
+                    let gi = GROUPS.iter().position(|x| *x == g.name).unwrap();
+                    let want: Vec<&str> = members[&gi].iter().map(|&m| CLIENTS[m]).collect();
+                    prop_assert_eq!(&g.members, &want);
+                }
+                let live = members.values().filter(|m| !m.is_empty()).count();
+                prop_assert_eq!(groups.len(), live, "empty groups are dropped");
+            }
+        }
+    }
 }
