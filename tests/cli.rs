@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, WAIT, conclave_cli};
+use common::{Daemon, WAIT, conclave_bench, conclave_cli};
 
 fn socket_arg(d: &Daemon) -> String {
     format!("unix:{}", d.socket.display())
@@ -137,5 +137,57 @@ fn status_pretty_prints_clients_groups_and_counters() {
     assert!(
         v["counters"]["clients_welcomed"].as_u64().unwrap() >= 2,
         "{v}"
+    );
+}
+
+#[test]
+fn bench_flood_writes_table_csv_and_svg() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(conclave_bench())
+        .args(["flood", "--transports", "unix,tcp", "--sizes", "100,2000"])
+        .args([
+            "--repeats",
+            "2",
+            "--count",
+            "300",
+            "--run-timeout",
+            "60",
+            "--out",
+        ])
+        .arg(out_dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "conclave-bench did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    for row in [
+        "| unix | 100 |",
+        "| unix | 2000 |",
+        "| tcp | 100 |",
+        "| tcp | 2000 |",
+    ] {
+        assert!(table.contains(row), "missing {row} in {table}");
+    }
+    let csv = std::fs::read_to_string(out_dir.path().join("flood.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 8, "2 transports x 2 sizes x 2 repeats: {csv}");
+    for row in rows {
+        let cols: Vec<&str> = row.split(',').collect();
+        assert_eq!(cols[4], "300", "every message arrived: {row}");
+        assert_eq!(cols[9], "0", "none missing: {row}");
+    }
+    let svg = std::fs::read_to_string(out_dir.path().join("flood.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        4,
+        "2 panels x 2 transports"
     );
 }

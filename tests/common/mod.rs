@@ -30,6 +30,17 @@ pub fn conclave_cli() -> PathBuf {
     BIN.get_or_init(|| build_tool("conclave")).clone()
 }
 
+/// Builds `conclave-bench` (and the binaries it starts) once per test binary.
+pub fn conclave_bench() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        conclaved();
+        conclave_cli();
+        build_tool("conclave-bench")
+    })
+    .clone()
+}
+
 /// Runs `cargo build` for one binary of conclave-tools in this test's target dir.
 fn build_tool(name: &str) -> PathBuf {
     // tests run from target/<profile>/deps/<test>-<hash>
