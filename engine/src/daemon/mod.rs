@@ -205,6 +205,8 @@ impl Daemon {
         });
         let limits = Limits {
             daemon: config.me.clone(),
+            profile: config.profile.clone(),
+            started: std::time::Instant::now(),
             max_clients: config.clients.max_clients,
             max_payload: config.clients.max_payload,
             max_frame: max_frame_len(config.clients.max_payload),

@@ -50,6 +50,17 @@ pub(crate) struct Counters {
     pub read_pauses: u64,
 }
 
+/// The daemon-wide facts at the top of the status report.
+pub(crate) struct Settings<'a> {
+    pub name: &'a str,
+    pub profile: &'a str,
+    pub uptime_ms: u128,
+    pub max_clients: usize,
+    pub max_payload: usize,
+    pub queue_limit: usize,
+    pub pause_mark: usize,
+}
+
 /// One client's line in the status report.
 pub(crate) struct ClientStatus<'a> {
     pub name: &'a str,
@@ -75,7 +86,7 @@ fn by_name<C: std::fmt::Debug + Copy>(
 
 /// Builds the status JSON.
 pub(crate) fn render(
-    daemon: &str,
+    daemon: &Settings<'_>,
     clients: &[ClientStatus<'_>],
     groups: &[crate::core::GroupInfo<'_>],
     c: &Counters,
@@ -86,7 +97,15 @@ pub(crate) fn render(
     let total_errors: u64 = c.errors.iter().chain(t.errors.iter()).sum();
     let refusals = by_name(&REFUSE_CODES, |r| r as usize, &c.refusals, None);
     let doc = json!({
-        "daemon": daemon,
+        "daemon": daemon.name,
+        "profile": daemon.profile,
+        "uptime_ms": daemon.uptime_ms,
+        "limits": {
+            "max_clients": daemon.max_clients,
+            "max_payload": daemon.max_payload,
+            "queue_limit": daemon.queue_limit,
+            "pause_mark": daemon.pause_mark,
+        },
         "clients": clients.iter().map(|cl| json!({
             "name": cl.name,
             "transport": cl.transport,

@@ -259,6 +259,8 @@ fn membership_delivery_and_status() {
     assert!(matches!(b.next(), Got::View(_, _, MembershipReason::Leave, m) if m.is_empty()));
     let s = a.status();
     assert_eq!(s["daemon"], "d1");
+    assert_eq!(s["profile"], "default");
+    assert_eq!(s["limits"]["max_payload"], 1 << 20);
     assert_eq!(s["clients"].as_array().unwrap().len(), 2);
     assert_eq!(s["groups"][0]["name"], "chat");
     assert_eq!(s["groups"][0]["members"], serde_json::json!([an]));

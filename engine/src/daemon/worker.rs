@@ -37,6 +37,8 @@ const FIRST_CLIENT: usize = 3;
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
     pub daemon: String,
+    pub profile: String,
+    pub started: Instant,
     pub max_clients: usize,
     pub max_payload: usize,
     pub max_frame: usize,
@@ -594,8 +596,18 @@ impl Worker {
             });
         }
         let groups = self.table.groups();
+        let l = &self.limits;
+        let settings = status::Settings {
+            name: &l.daemon,
+            profile: &l.profile,
+            uptime_ms: l.started.elapsed().as_millis(),
+            max_clients: l.max_clients,
+            max_payload: l.max_payload,
+            queue_limit: l.queue_limit,
+            pause_mark: l.pause_mark,
+        };
         let json = status::render(
-            &self.limits.daemon,
+            &settings,
             &clients,
             &groups,
             &self.counters,
