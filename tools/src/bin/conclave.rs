@@ -285,7 +285,7 @@ fn user_command(
         "s" => {
             let (first, after) = rest.split_once(' ').unwrap_or((rest, ""));
             let (service, targets, text) = match Service::from_name(first) {
-                Some(service) if after.contains(' ') || !after.is_empty() => {
+                Some(service) if !after.is_empty() => {
                     let (t, text) = after.split_once(' ').unwrap_or((after, ""));
                     (service, t, text)
                 }
@@ -416,13 +416,20 @@ fn flood_send(
         conn.multicast_buffered(c.service, &groups, MSG_DATA, &payload)?;
         sent += 1;
         if let Some(pace) = pace {
-            conn.flush()?;
+            // Sleep rather than spin when ahead of schedule: a spinning sender would take
+            // a core from the daemon and the receiver on a small machine. Messages that
+            // fall due during a sleep go out back to back after it.
             let due = start + pace.mul_f64(sent as f64);
-            while Instant::now() < due {
+            let now = Instant::now();
+            if now < due {
+                conn.flush()?;
                 if self_receive {
-                    drain_own(&mut conn, &mut hist, &mut own, Duration::ZERO)?;
+                    drain_own(&mut conn, &mut hist, &mut own, due - now)?;
                 }
-                std::hint::spin_loop();
+                let now = Instant::now();
+                if now < due {
+                    std::thread::sleep(due - now);
+                }
             }
         }
         if sent.is_multiple_of(1024) {
