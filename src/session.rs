@@ -115,6 +115,11 @@ impl Session {
         if self.rpos == self.rend {
             self.rpos = 0;
             self.rend = 0;
+            // A large frame grew the buffer; give the memory back once it is consumed.
+            if self.rbuf.len() > 4 * READ_CHUNK {
+                self.rbuf.truncate(2 * READ_CHUNK);
+                self.rbuf.shrink_to_fit();
+            }
         } else if self.rpos > 0 && self.rbuf.len() - self.rend < READ_CHUNK {
             // Only the tail of a partial frame moves, so this copy stays small.
             self.rbuf.copy_within(self.rpos..self.rend, 0);
@@ -624,5 +629,6 @@ mod tests {
             other => panic!("expected the big message, got {other:?}"),
         }
         assert_eq!(s.buffered_input(), 0);
+        assert!(s.read_space().len() <= 2 * READ_CHUNK, "the grown buffer is given back");
     }
 }
