@@ -629,6 +629,9 @@ mod tests {
             other => panic!("expected the big message, got {other:?}"),
         }
         assert_eq!(s.buffered_input(), 0);
-        assert!(s.read_space().len() <= 2 * READ_CHUNK, "the grown buffer is given back");
+        assert!(
+            s.read_space().len() <= 2 * READ_CHUNK,
+            "the grown buffer is given back"
+        );
     }
 }
