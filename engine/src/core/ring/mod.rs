@@ -11,9 +11,10 @@
 //! own is held (AGREED); a SAFE message additionally waits until the token has shown an
 //! `aru` at or above it on two successive visits, which proves every daemon holds it, and
 //! everything after it in the order waits with it. FIFO and CAUSAL are implied by the total
-//! order; RELIABLE and UNRELIABLE are currently delivered in the same order too (correct,
-//! if stronger than they need). Packets every daemon holds and this daemon has delivered
-//! are garbage-collected.
+//! order. RELIABLE and UNRELIABLE messages skip the order: they are delivered as soon as
+//! their packet is first held (still exactly once, and still retransmitted when lost;
+//! those larger than a datagram are reassembled and delivered in order). Packets every
+//! daemon holds and this daemon has delivered are garbage-collected.
 //!
 //! # Driving a ring
 //!
@@ -151,6 +152,21 @@ impl Store {
     }
 }
 
+/// Services delivered on receipt rather than in the total order.
+fn unordered(service: Service) -> bool {
+    matches!(service, Service::Reliable | Service::Unreliable)
+}
+
+/// A message queued for delivery out of order; its bytes stay in the store.
+#[derive(Debug, Clone, Copy)]
+struct Early {
+    seq: u64,
+    origin: DaemonIdx,
+    service: Service,
+    start: usize,
+    end: usize,
+}
+
 #[derive(Debug, Default)]
 struct Reassembly {
     active: bool,
@@ -193,6 +209,7 @@ pub struct Ring {
     deliver_seq: u64,
     deliver_off: usize,
     reasm: Vec<Reassembly>,
+    early: VecDeque<Early>,
 
     token: Token,
     last_token_seq: u64,
@@ -253,6 +270,7 @@ impl Ring {
             deliver_seq: 1,
             deliver_off: 0,
             reasm: (0..n).map(|_| Reassembly::default()).collect(),
+            early: VecDeque::new(),
             token: Token::default(),
             last_token_seq: 0,
             last_forwarded_aru: 0,
@@ -412,6 +430,7 @@ impl Ring {
             slot.extend_from_slice(datagram);
         }
         self.stats.data_received += 1;
+        self.scan_early(seq);
         self.high_seq = self.high_seq.max(seq);
         while self.store.has(self.my_aru + 1) {
             self.my_aru += 1;
@@ -455,6 +474,11 @@ impl Ring {
     fn send_phase(&mut self, now: Instant) {
         let me = self.cfg.me;
         let per_daemon = self.cfg.window_per_daemon;
+
+        // Requests every daemon can no longer need (they all hold those packets, which may
+        // be collected everywhere) would otherwise sit in the list for ever.
+        let safe = self.safe_upto;
+        self.token.rtr.retain(|&s| s > safe);
 
         let mut retransmitted = 0u32;
         let mut i = 0;
@@ -511,6 +535,7 @@ impl Ring {
         while sent < allowed && !self.pending.is_empty() {
             let seq = self.token.seq + 1;
             self.build_packet(seq);
+            self.scan_early(seq);
             self.token.seq = seq;
             self.high_seq = seq;
             if self.my_aru + 1 == seq {
@@ -603,6 +628,30 @@ impl Ring {
         }
     }
 
+    /// Queues the RELIABLE and UNRELIABLE whole messages of newly held packet `seq` for
+    /// delivery at once: they need no order, so they wait for no gap and no SAFE message.
+    /// Every packet is stored once, ahead of the delivery cursor, so each is scanned once.
+    fn scan_early(&mut self, seq: u64) {
+        let Some(pkt) = self.store.get(seq) else {
+            return;
+        };
+        let origin = DaemonIdx(u16::from_le_bytes([pkt[20], pkt[21]]));
+        let mut off = DATA_HEADER;
+        while let Ok((item, used)) = wire::parse_item(&pkt[off..]) {
+            if item.first && item.last && unordered(item.service) {
+                let start = off + ITEM_HEADER;
+                self.early.push_back(Early {
+                    seq,
+                    origin,
+                    service: item.service,
+                    start,
+                    end: start + item.bytes.len(),
+                });
+            }
+            off += used;
+        }
+    }
+
     /// Frees packets every daemon holds and this daemon has delivered.
     fn collect(&mut self) {
         let upto = self.safe_upto.min(self.deliver_seq - 1);
@@ -670,6 +719,7 @@ impl Ring {
         while sent < self.cfg.window_per_daemon && !self.pending.is_empty() {
             let seq = self.my_aru + 1;
             self.build_packet(seq);
+            self.scan_early(seq);
             self.my_aru = seq;
             self.high_seq = seq;
             sent += 1;
@@ -680,6 +730,12 @@ impl Ring {
     /// The next message in delivery order, if it may be delivered now.
     pub fn poll_delivery(&mut self) -> Option<Delivery<'_>> {
         let (seq, origin, service, found) = loop {
+            // Early entries point at packets at or past the cursor, which stay stored until
+            // the cursor passes them, and the cursor waits until this queue is empty.
+            if let Some(e) = self.early.pop_front() {
+                let (start, end) = (e.start, e.end);
+                break (e.seq, e.origin, e.service, Found::Whole { start, end });
+            }
             if self.deliver_seq > self.my_aru {
                 self.collect();
                 if self.is_single() && !self.pending.is_empty() {
@@ -717,6 +773,10 @@ impl Ring {
             let end = start + item.bytes.len();
             self.deliver_off += used;
             if item.first && item.last {
+                if unordered(item.service) {
+                    // Already handed out by `scan_early`.
+                    continue;
+                }
                 break (seq, origin, item.service, Found::Whole { start, end });
             }
             let Some(pos) = self.pos_of(origin) else {

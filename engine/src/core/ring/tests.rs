@@ -15,12 +15,23 @@ type Logged = (u64, u16, Service, Vec<u8>);
 
 /// Runs `rings` to quiescence on a lossless network; returns each ring's deliveries.
 fn pump(rings: &mut [Ring], now: &mut Instant, log: &mut [Vec<Logged>]) {
+    pump_capture(rings, now, log, &mut Vec::new());
+}
+
+/// As [`pump`], also recording every datagram as (sender, destination, bytes).
+fn pump_capture(
+    rings: &mut [Ring],
+    now: &mut Instant,
+    log: &mut [Vec<Logged>],
+    capture: &mut Vec<(u16, Dest, Vec<u8>)>,
+) {
     let mut buf = Vec::new();
     for _ in 0..10_000 {
         let mut moved = false;
         for i in 0..rings.len() {
             while let Some(t) = rings[i].poll_transmit(*now, &mut buf) {
                 moved = true;
+                capture.push((i as u16, t.dest, buf.clone()));
                 for j in 0..rings.len() {
                     let to_j = match t.dest {
                         Dest::All => j != i,
@@ -114,11 +125,30 @@ fn three_daemons_agree_on_one_order() {
         }
         pump(&mut rings, &mut now, &mut log);
     }
-    assert_eq!(log[0].len(), expected);
-    assert_eq!(log[0], log[1]);
-    assert_eq!(log[0], log[2]);
-    let seqs: Vec<u64> = log[0].iter().map(|d| d.0).collect();
-    assert!(seqs.windows(2).all(|w| w[0] <= w[1]));
+    // RELIABLE/UNRELIABLE come out on receipt, so only the ordered services share one
+    // sequence; all daemons still deliver the same set.
+    let ordered = |l: &Vec<Logged>| -> Vec<Logged> {
+        l.iter()
+            .filter(|d| !matches!(d.2, Service::Reliable | Service::Unreliable))
+            .cloned()
+            .collect()
+    };
+    let sorted = |l: &Vec<Logged>| -> Vec<Logged> {
+        let mut v = l.clone();
+        v.sort();
+        v
+    };
+    for l in &log {
+        assert_eq!(l.len(), expected);
+        assert!(ordered(l) == ordered(&log[0]), "ordered deliveries differ");
+        assert!(sorted(l) == sorted(&log[0]), "delivered sets differ");
+        let seqs: Vec<u64> = ordered(l).iter().map(|d| d.0).collect();
+        assert!(seqs.windows(2).all(|w| w[0] <= w[1]));
+    }
+    assert!(
+        log.iter().any(|l| ordered(l).len() < l.len()),
+        "no unordered service was exercised"
+    );
     for r in &rings {
         assert_eq!(r.stats().dropped_malformed, 0);
         assert!(r.stats().data_sent > 0);
@@ -203,4 +233,190 @@ fn lost_token_is_retransmitted() {
     let t = a.poll_transmit(due, &mut buf).expect("token resent");
     assert_eq!(t.dest, Dest::One(DaemonIdx(1)));
     assert_eq!(a.stats().token_retransmits, 1);
+}
+
+/// Feeds one fuzz input to daemon 1 of a three-daemon ring the way the cargo-fuzz target
+/// `ring_packet` does: the first byte picks the sender, the rest is the datagram.
+fn fuzz_one(input: &[u8]) -> Result<(), PacketError> {
+    let Some((&who, datagram)) = input.split_first() else {
+        return Ok(());
+    };
+    let _ = wire::decode(datagram);
+    let mut ring = Ring::new(cfg(1, 3), Instant::ZERO).expect("config");
+    let result = ring.handle_datagram(Instant::ZERO, DaemonIdx(u16::from(who % 3)), datagram);
+    let mut buf = Vec::new();
+    while ring.poll_transmit(Instant::ZERO, &mut buf).is_some() {}
+    while ring.poll_delivery().is_some() {}
+    result
+}
+
+fn corpus_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz/corpus/ring_packet")
+}
+
+/// Three daemons' traffic with packed, fragmented and SAFE messages, as fuzz inputs
+/// (sender byte + datagram) that daemon 1 accepts.
+fn sample_inputs() -> Vec<(String, Vec<u8>)> {
+    let mut now = Instant::ZERO;
+    let mut rings: Vec<Ring> = (0..3)
+        .map(|i| Ring::new(cfg(i, 3), now).expect("config"))
+        .collect();
+    let mut log = vec![Vec::new(); 3];
+    let mut capture = Vec::new();
+    for k in 0..6 {
+        rings[0]
+            .submit(Service::ALL[k], &message(0, k, 20 + 5 * k))
+            .expect("submit");
+    }
+    rings[0]
+        .submit(Service::Agreed, &message(0, 9, 1500))
+        .expect("submit");
+    rings[2]
+        .submit(Service::Safe, &message(2, 1, 40))
+        .expect("submit");
+    rings[2]
+        .submit(Service::Fifo, &message(2, 2, 700))
+        .expect("submit");
+    pump_capture(&mut rings, &mut now, &mut log, &mut capture);
+    for k in 0..8 {
+        rings[2]
+            .submit(Service::Agreed, &message(2, 10 + k, 30))
+            .expect("submit");
+        now += Duration::from_millis(1);
+        for r in rings.iter_mut() {
+            r.handle_timeout(now);
+        }
+        pump_capture(&mut rings, &mut now, &mut log, &mut capture);
+    }
+    let mut out = Vec::new();
+    let (mut tokens, mut data) = (0, 0);
+    for (from, dest, bytes) in capture {
+        let name = match (wire::decode(&bytes), dest) {
+            (Ok(Packet::Token(_)), Dest::One(DaemonIdx(1))) if from == 0 && tokens < 5 => {
+                tokens += 1;
+                format!("token-{tokens}")
+            }
+            (Ok(Packet::Data(d)), Dest::All) if from != 1 && data < 10 => {
+                data += 1;
+                let frag = d.items().any(|i| !(i.first && i.last));
+                let kind = match (d.count > 1, frag) {
+                    (true, false) => "packed",
+                    (true, true) => "packed-fragment",
+                    (false, true) => "fragment",
+                    (false, false) => "data",
+                };
+                format!("{kind}-{data}")
+            }
+            _ => continue,
+        };
+        let mut input = vec![from as u8];
+        input.extend_from_slice(&bytes);
+        out.push((name, input));
+    }
+    out
+}
+
+/// Regenerates the committed fuzz corpus: `cargo test -p conclave-engine -- --ignored
+/// write_fuzz_corpus`.
+#[test]
+#[ignore = "writes tests/fuzz/corpus; run by hand when the packet format changes"]
+fn write_fuzz_corpus() {
+    let dir = corpus_dir();
+    std::fs::create_dir_all(&dir).expect("corpus dir");
+    for (name, input) in sample_inputs() {
+        std::fs::write(dir.join(name), input).expect("write corpus file");
+    }
+}
+
+#[test]
+fn sample_inputs_cover_every_packet_shape() {
+    let names: Vec<String> = sample_inputs().into_iter().map(|(n, _)| n).collect();
+    for kind in ["token", "packed", "fragment"] {
+        assert!(
+            names.iter().any(|n| n.starts_with(kind)),
+            "{kind} missing: {names:?}"
+        );
+    }
+    assert!(names.len() >= 12, "{names:?}");
+}
+
+/// The stable stand-in for cargo-fuzz: the committed corpus must be accepted, and
+/// thousands of seeded mutations of it must be refused or accepted without a panic.
+#[test]
+fn fuzz_corpus_and_mutations() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    let mut corpus: Vec<Vec<u8>> = std::fs::read_dir(corpus_dir())
+        .expect("committed corpus")
+        .map(|e| std::fs::read(e.expect("entry").path()).expect("corpus file"))
+        .collect();
+    corpus.sort();
+    assert!(corpus.len() >= 12, "corpus has {} inputs", corpus.len());
+    for input in &corpus {
+        assert_eq!(fuzz_one(input), Ok(()), "corpus input refused");
+    }
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let mut refused = 0;
+    for _ in 0..5000 {
+        let mut input = corpus[rng.gen_range(0..corpus.len())].clone();
+        for _ in 0..rng.gen_range(1..=4) {
+            match rng.gen_range(0..4) {
+                0 if input.len() > 1 => {
+                    let at = rng.gen_range(0..input.len());
+                    input[at] = rng.r#gen();
+                }
+                1 => input.truncate(rng.gen_range(0..=input.len())),
+                2 => input.push(rng.r#gen()),
+                _ => {
+                    let at = rng.gen_range(0..=input.len());
+                    input.insert(at, rng.r#gen());
+                }
+            }
+        }
+        if fuzz_one(&input).is_err() {
+            refused += 1;
+        }
+    }
+    // Mutations hit lengths, kinds and counts often enough that many must be refused.
+    assert!(refused > 1000, "only {refused} of 5000 mutations refused");
+}
+
+#[test]
+fn reliable_skips_a_gap_that_holds_back_agreed() {
+    let mut a = Ring::new(cfg(0, 2), Instant::ZERO).expect("config");
+    let mut b = Ring::new(cfg(1, 2), Instant::ZERO).expect("config");
+    let now = Instant::ZERO;
+    let mut buf = Vec::new();
+    // Token a -> b -> a, so that a holds it with messages queued.
+    a.poll_transmit(now, &mut buf).expect("token");
+    b.handle_datagram(now, DaemonIdx(0), &buf)
+        .expect("token at b");
+    b.poll_transmit(now, &mut buf).expect("token back");
+    a.submit(Service::Agreed, &[1; 400]).expect("submit");
+    a.submit(Service::Reliable, &[2; 400]).expect("submit");
+    a.handle_datagram(now, DaemonIdx(1), &buf)
+        .expect("token at a");
+    let mut sent = Vec::new();
+    while let Some(t) = a.poll_transmit(now, &mut buf) {
+        sent.push((t.dest, buf.clone()));
+    }
+    // Two data packets (one message each at max_datagram 512) and the token.
+    assert_eq!(sent.len(), 3);
+    // The first packet (AGREED) is lost; the RELIABLE one is delivered regardless.
+    b.handle_datagram(now, DaemonIdx(0), &sent[1].1)
+        .expect("data 2");
+    let d = b
+        .poll_delivery()
+        .expect("reliable delivered across the gap");
+    assert_eq!(
+        (d.seq, d.service, d.payload),
+        (2, Service::Reliable, &[2u8; 400][..])
+    );
+    assert!(b.poll_delivery().is_none());
+    // Once the gap fills, AGREED comes out, and the RELIABLE message not again.
+    b.handle_datagram(now, DaemonIdx(0), &sent[0].1)
+        .expect("data 1");
+    let d = b.poll_delivery().expect("agreed");
+    assert_eq!((d.seq, d.service), (1, Service::Agreed));
+    assert!(b.poll_delivery().is_none());
 }
