@@ -51,6 +51,9 @@ pub struct RingConfig {
     pub max_pending_bytes: usize,
     /// After forwarding the token, resend it if no sign of its receipt came back in this time.
     pub token_retransmit_timeout: Duration,
+    /// Without the token for this long, [`Ring::token_loss_deadline`](super::Ring::token_loss_deadline)
+    /// passes: the token is lost and membership must rebuild the ring.
+    pub token_loss_timeout: Duration,
     /// Most sequence numbers carried in the token's retransmission-request list.
     pub max_rtr: usize,
     /// How long the representative keeps an idle token (a full rotation without traffic)
@@ -78,6 +81,7 @@ impl RingConfig {
             max_pending_messages: 65_536,
             max_pending_bytes: 16 * 1024 * 1024,
             token_retransmit_timeout: Duration::from_millis(10),
+            token_loss_timeout: Duration::from_millis(500),
             max_rtr: 256,
             idle_token_hold: Duration::from_micros(500),
         }
@@ -112,7 +116,9 @@ impl RingConfig {
         if self.max_message == 0 || self.max_message > u32::MAX as usize {
             return Err(ConfigError::MaxMessage(self.max_message));
         }
-        if self.token_retransmit_timeout.is_zero() {
+        if self.token_retransmit_timeout.is_zero()
+            || self.token_loss_timeout <= self.token_retransmit_timeout
+        {
             return Err(ConfigError::Timeout);
         }
         Ok(())
@@ -140,7 +146,8 @@ pub enum ConfigError {
     /// `max_message` zero or beyond what a fragment header can name.
     #[error("max_message {0} outside 1..=4294967295")]
     MaxMessage(usize),
-    /// A zero token retransmission timeout would resend forever.
-    #[error("token_retransmit_timeout must be positive")]
+    /// A zero token retransmission timeout would resend in a loop, and a loss timeout not
+    /// above it would declare loss before a single resend.
+    #[error("token_retransmit_timeout must be positive and below token_loss_timeout")]
     Timeout,
 }

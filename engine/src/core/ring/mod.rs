@@ -221,6 +221,8 @@ pub struct Ring {
     backlog_last_visit: u32,
     token_buf: Vec<u8>,
     token_timer: Option<Instant>,
+    /// When this daemon last accepted the token (or started).
+    last_token_at: Instant,
     /// The representative holds an idle token until this instant.
     held_until: Option<Instant>,
 
@@ -279,6 +281,7 @@ impl Ring {
             backlog_last_visit: 0,
             token_buf: Vec::new(),
             token_timer: None,
+            last_token_at: now,
             held_until: None,
             out: VecDeque::new(),
             stats: RingStats::default(),
@@ -404,6 +407,9 @@ impl Ring {
                 if from != self.pred {
                     return Err(PacketError::NotFromPredecessor(from));
                 }
+                if t.seq > self.horizon() {
+                    return Err(PacketError::TooFarAhead(t.seq));
+                }
                 self.on_token(now, &t);
                 Ok(())
             }
@@ -419,10 +425,7 @@ impl Ring {
             self.stats.duplicate_data += 1;
             return Ok(());
         }
-        let horizon = self
-            .my_aru
-            .saturating_add(4 * u64::from(self.cfg.max_unstable));
-        if seq > horizon {
+        if seq > self.horizon() {
             return Err(PacketError::TooFarAhead(seq));
         }
         if let Some(slot) = self.store.slot(seq, &mut self.pool) {
@@ -438,6 +441,15 @@ impl Ring {
         Ok(())
     }
 
+    /// No correct daemon assigns a sequence number this far beyond what this daemon holds:
+    /// the ring never runs more than `max_unstable` past the lowest aru, and this daemon's
+    /// aru lags that by at most what is in flight. The margin keeps the bound loose; past
+    /// it a packet or token is bogus (and dropping a real one only costs a retransmission).
+    fn horizon(&self) -> u64 {
+        self.my_aru
+            .saturating_add(4 * u64::from(self.cfg.max_unstable))
+    }
+
     fn on_token(&mut self, now: Instant, view: &TokenView<'_>) {
         if view.token_seq <= self.last_token_seq {
             self.stats.duplicate_tokens += 1;
@@ -446,6 +458,8 @@ impl Ring {
         self.stats.tokens_received += 1;
         self.last_token_seq = view.token_seq;
         self.token.load(view);
+        self.token.rtr.truncate(self.max_rtr);
+        self.last_token_at = now;
         self.token_timer = None;
         self.held_until = None;
 
@@ -527,7 +541,10 @@ impl Ring {
                 / u64::from(backlog_total);
             allowed = allowed.min(u32::try_from(share.max(1)).unwrap_or(u32::MAX));
         }
-        let horizon = self.token.aru + u64::from(self.cfg.max_unstable);
+        let horizon = self
+            .token
+            .aru
+            .saturating_add(u64::from(self.cfg.max_unstable));
         let room = u32::try_from(horizon.saturating_sub(self.token.seq)).unwrap_or(u32::MAX);
         allowed = allowed.min(room);
 
@@ -565,7 +582,7 @@ impl Ring {
 
         self.last_forwarded_aru = self.token.aru;
         self.forwarded_seq = Some(self.token.seq);
-        self.token.token_seq += 1;
+        self.token.token_seq = self.token.token_seq.saturating_add(1);
         self.last_token_seq = self.token.token_seq;
         self.token.encode(self.cfg.ring_id, &mut self.token_buf);
         self.out.push_back(Out::Token);
@@ -669,6 +686,13 @@ impl Ring {
             self.held_until = None;
             self.send_phase(now);
         }
+    }
+
+    /// When the token counts as lost if it has not come back by then: the daemon should
+    /// then start the membership protocol (which replaces this ring). `None` in a ring of
+    /// one. Not part of [`Ring::poll_timeout`]: the ring itself does nothing about it.
+    pub fn token_loss_deadline(&self) -> Option<Instant> {
+        (!self.is_single()).then(|| self.last_token_at + self.cfg.token_loss_timeout)
     }
 
     /// When [`Ring::handle_timeout`] should next be called, if ever.

@@ -420,3 +420,33 @@ fn reliable_skips_a_gap_that_holds_back_agreed() {
     assert_eq!((d.seq, d.service), (1, Service::Agreed));
     assert!(b.poll_delivery().is_none());
 }
+
+#[test]
+fn tokens_and_data_beyond_the_horizon_are_refused() {
+    let mut b = Ring::new(cfg(1, 2), Instant::ZERO).expect("config");
+    let ring_id = b.config().ring_id;
+    let mut buf = Vec::new();
+    wire::Token {
+        token_seq: 1,
+        seq: u64::MAX,
+        aru: u64::MAX,
+        ..wire::Token::default()
+    }
+    .encode(ring_id, &mut buf);
+    assert_eq!(
+        b.handle_datagram(Instant::ZERO, DaemonIdx(0), &buf),
+        Err(PacketError::TooFarAhead(u64::MAX))
+    );
+    wire::begin_data(&mut buf, ring_id, u64::MAX, DaemonIdx(0));
+    wire::push_item(&mut buf, true, true, Service::Agreed, 1, b"x");
+    assert_eq!(
+        b.handle_datagram(Instant::ZERO, DaemonIdx(0), &buf),
+        Err(PacketError::TooFarAhead(u64::MAX))
+    );
+    assert_eq!(b.stats().dropped_too_far, 2);
+    assert!(b.poll_delivery().is_none());
+    assert_eq!(
+        b.token_loss_deadline(),
+        Some(Instant::ZERO + Duration::from_millis(500))
+    );
+}
