@@ -27,6 +27,12 @@ struct Args {
     /// Upper bound of per-link duplication probability.
     #[arg(long, default_value_t = 0.05)]
     dup: f64,
+    /// Force the Accelerated Ring variant on or off (default: drawn from the seed).
+    #[arg(long)]
+    accelerated: Option<bool>,
+    /// Print each run's report.
+    #[arg(long)]
+    verbose: bool,
     /// Submissions per run.
     #[arg(long, default_value_t = 60)]
     messages: usize,
@@ -46,10 +52,14 @@ fn main() -> ExitCode {
             loss: args.loss,
             duplication: args.dup,
             messages: args.messages,
+            accelerated: args.accelerated,
             ..SimConfig::default()
         };
         match run(seed, cfg) {
             Ok(r) => {
+                if args.verbose {
+                    println!("seed {seed}: {r:?}");
+                }
                 totals.0 += 1;
                 totals.1 += r.submitted;
                 totals.2 += r.deliveries;
@@ -57,8 +67,12 @@ fn main() -> ExitCode {
             }
             Err(v) => {
                 eprintln!("seed {seed} ({daemons} daemons) failed: {v}");
+                let accel = args
+                    .accelerated
+                    .map(|a| format!(" --accelerated {a}"))
+                    .unwrap_or_default();
                 eprintln!(
-                    "replay: cargo run -p conclave-sim -- --seed {seed} --daemons {daemons} --loss {} --dup {} --messages {}",
+                    "replay: cargo run -p conclave-sim -- --seed {seed} --daemons {daemons} --loss {} --dup {} --messages {}{accel}",
                     args.loss, args.dup, args.messages
                 );
                 return ExitCode::FAILURE;

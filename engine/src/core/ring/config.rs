@@ -56,6 +56,8 @@ pub struct RingConfig {
     pub token_loss_timeout: Duration,
     /// Most sequence numbers carried in the token's retransmission-request list.
     pub max_rtr: usize,
+    /// Run the Accelerated Ring variant (pass the token before finishing the multicasts).
+    pub accelerated: bool,
     /// How long the representative keeps an idle token (a full rotation without traffic)
     /// before passing it on; a submit releases it at once. Zero never holds it.
     pub idle_token_hold: Duration,
@@ -84,6 +86,7 @@ impl RingConfig {
             token_loss_timeout: Duration::from_millis(500),
             max_rtr: 256,
             idle_token_hold: Duration::from_micros(500),
+            accelerated: false,
         }
     }
 

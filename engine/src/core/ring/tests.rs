@@ -98,9 +98,22 @@ fn single_daemon_delivers_in_order_including_fragments() {
 
 #[test]
 fn three_daemons_agree_on_one_order() {
+    three_daemons(false);
+}
+
+#[test]
+fn three_daemons_agree_on_one_order_accelerated() {
+    three_daemons(true);
+}
+
+fn three_daemons(accelerated: bool) {
     let mut now = Instant::ZERO;
     let mut rings: Vec<Ring> = (0..3)
-        .map(|i| Ring::new(cfg(i, 3), now).expect("config"))
+        .map(|i| {
+            let mut c = cfg(i, 3);
+            c.accelerated = accelerated;
+            Ring::new(c, now).expect("config")
+        })
         .collect();
     let mut log = vec![Vec::new(); 3];
     let mut expected = 0;
@@ -444,6 +457,16 @@ fn tokens_and_data_beyond_the_horizon_are_refused() {
         Err(PacketError::TooFarAhead(u64::MAX))
     );
     assert_eq!(b.stats().dropped_too_far, 2);
+    // A token far ahead, but not absurdly, is a daemon that lost much: it must be taken.
+    wire::Token {
+        token_seq: 1,
+        seq: 100_000,
+        aru: 0,
+        aru_id: Some(DaemonIdx(0)),
+        ..wire::Token::default()
+    }
+    .encode(ring_id, &mut buf);
+    assert_eq!(b.handle_datagram(Instant::ZERO, DaemonIdx(0), &buf), Ok(()));
     assert!(b.poll_delivery().is_none());
     assert_eq!(
         b.token_loss_deadline(),
