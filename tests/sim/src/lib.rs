@@ -424,7 +424,7 @@ mod tests {
 
     #[test]
     fn many_seeds_lossy() {
-        let sum = seeds(0..200, |seed| SimConfig {
+        let sum = seeds(0..300, |seed| SimConfig {
             daemons: 2 + (seed % 4) as usize,
             ..SimConfig::default()
         });
