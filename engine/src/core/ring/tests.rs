@@ -473,3 +473,33 @@ fn tokens_and_data_beyond_the_horizon_are_refused() {
         Some(Instant::ZERO + Duration::from_millis(500))
     );
 }
+
+#[test]
+fn one_mebibyte_message_crosses_three_daemons() {
+    let mut now = Instant::ZERO;
+    let mut rings: Vec<Ring> = (0..3)
+        .map(|i| {
+            let c = RingConfig::new(DaemonIdx(i), (0..3).map(DaemonIdx).collect());
+            Ring::new(c, now).expect("config")
+        })
+        .collect();
+    let big = message(1, 7, 1024 * 1024);
+    rings[1]
+        .submit(Service::Safe, &big)
+        .expect("1 MiB fits max_message");
+    rings[1].submit(Service::Agreed, b"after").expect("submit");
+    let mut log = vec![Vec::new(); 3];
+    for _ in 0..6 {
+        pump(&mut rings, &mut now, &mut log);
+        now += Duration::from_millis(1);
+        for r in rings.iter_mut() {
+            r.handle_timeout(now);
+        }
+    }
+    for l in &log {
+        assert_eq!(l.len(), 2);
+        assert!(l[0].3 == big, "reassembled message differs");
+        assert_eq!(l[1].3, b"after");
+    }
+    assert!(rings[1].stats().data_sent >= 128);
+}
