@@ -1,7 +1,7 @@
 //! Conclave's data plane and daemon runtime.
 //!
 //! - [`config`]: the daemon configuration file and tuning profiles.
-//! - [`core`]: the sans-IO group table fed ordered events, and the sequencer seam.
+//! - [`core`]: the sans-IO cores: group table, sequencer seam, token-ring ordering.
 //! - [`daemon`]: the runtime — client sessions over a mio event loop.
 #![deny(unsafe_code)]
 

@@ -1,13 +1,15 @@
-//! The sans-IO core of a daemon: client requests become ordered [`Event`]s, a
-//! [`Sequencer`] puts them in one total order, and the [`GroupTable`] applies them.
+//! The sans-IO core of a daemon: pure state machines fed `(event, now)`.
 //!
-//! In single-daemon mode the [`LocalSequencer`] orders each event the moment it is
-//! submitted; the daemon ring will implement [`Sequencer`] by carrying the encoded events
-//! to every daemon and applying them once the token has ordered them.
+//! Client requests become ordered [`Event`]s, a [`Sequencer`] puts them in one total order,
+//! and the [`GroupTable`] applies them. In single-daemon mode the [`LocalSequencer`] orders
+//! each event the moment it is submitted; across daemons the token [`ring`] carries the
+//! encoded events to every daemon and hands them out once the token has ordered them.
 
 pub mod event;
+pub mod ring;
 pub mod sequencer;
 pub mod table;
+pub mod time;
 
 pub use event::{Event, EventError};
 pub use sequencer::{LocalSequencer, Sequencer};
