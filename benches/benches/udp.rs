@@ -28,6 +28,7 @@ fn options(backend: BackendChoice, batch: usize, size: usize) -> IoOptions {
         buf_size: size,
         ring_entries: 256,
         sock_buf_bytes: 4 << 20,
+        uring_multishot: true,
     }
 }
 

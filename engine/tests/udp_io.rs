@@ -15,6 +15,37 @@ fn opts(backend: BackendChoice) -> IoOptions {
         buf_size: 65536,
         ring_entries: 64,
         sock_buf_bytes: 4 << 20,
+        uring_multishot: true,
+    }
+}
+
+/// The three receive paths under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Mmsg,
+    /// io_uring, multishot RecvMsg over the provided-buffer ring.
+    Uring,
+    /// io_uring, one plain RecvMsg per pooled buffer.
+    UringSingle,
+}
+
+fn kind_opts(k: Kind) -> IoOptions {
+    match k {
+        Kind::Mmsg => opts(BackendChoice::Fallback),
+        Kind::Uring => opts(BackendChoice::Uring),
+        Kind::UringSingle => IoOptions {
+            uring_multishot: false,
+            ..opts(BackendChoice::Uring)
+        },
+    }
+}
+
+/// Every kind io_uring allows here.
+fn kinds() -> Vec<Kind> {
+    if uring_here() {
+        vec![Kind::Mmsg, Kind::Uring, Kind::UringSingle]
+    } else {
+        vec![Kind::Mmsg]
     }
 }
 
@@ -45,13 +76,18 @@ fn uring_here() -> bool {
     }
 }
 
-/// Backend pairs to run: every combination io_uring allows here.
-fn pairs() -> Vec<(BackendChoice, BackendChoice)> {
-    let mut v = vec![(BackendChoice::Fallback, BackendChoice::Fallback)];
+/// Sender/receiver pairs to run: every combination io_uring allows here.
+fn pairs() -> Vec<(Kind, Kind)> {
+    let mut v = vec![(Kind::Mmsg, Kind::Mmsg)];
     if uring_here() {
-        v.push((BackendChoice::Uring, BackendChoice::Uring));
-        v.push((BackendChoice::Uring, BackendChoice::Fallback));
-        v.push((BackendChoice::Fallback, BackendChoice::Uring));
+        v.extend([
+            (Kind::Uring, Kind::Uring),
+            (Kind::Uring, Kind::Mmsg),
+            (Kind::Mmsg, Kind::Uring),
+            (Kind::UringSingle, Kind::UringSingle),
+            (Kind::Uring, Kind::UringSingle),
+            (Kind::UringSingle, Kind::Mmsg),
+        ]);
     }
     v
 }
@@ -101,8 +137,8 @@ fn forced_fallback_is_honoured_and_works() {
 #[test]
 fn ping_pong_all_sizes_all_backend_pairs() {
     for (ka, kb) in pairs() {
-        let mut a = bind(opts(ka));
-        let mut b = bind(opts(kb));
+        let mut a = bind(kind_opts(ka));
+        let mut b = bind(kind_opts(kb));
         let (aa, ba) = (a.local_addr(), b.local_addr());
         let mut seq = 0u32;
         for size in [1usize, 1400, 8000, 65000] {
@@ -137,8 +173,8 @@ fn ping_pong_all_sizes_all_backend_pairs() {
 fn burst_of_thousands_arrives_whole() {
     const TOTAL: u32 = 6000;
     for (ka, kb) in pairs() {
-        let mut a = bind(opts(ka));
-        let mut b = bind(opts(kb));
+        let mut a = bind(kind_opts(ka));
+        let mut b = bind(kind_opts(kb));
         let to = b.local_addr();
         let mut seen = vec![false; TOTAL as usize];
         let mut count = 0usize;
@@ -174,16 +210,11 @@ fn burst_of_thousands_arrives_whole() {
 
 #[test]
 fn oversized_datagrams_are_counted_and_dropped() {
-    let backends = if uring_here() {
-        vec![BackendChoice::Fallback, BackendChoice::Uring]
-    } else {
-        vec![BackendChoice::Fallback]
-    };
-    for kb in backends {
+    for kb in kinds() {
         let mut a = bind(opts(BackendChoice::Fallback));
         let mut b = bind(IoOptions {
             buf_size: 1000,
-            ..opts(kb)
+            ..kind_opts(kb)
         });
         let to = b.local_addr();
         a.push_send(to, &payload(1, 1001)).unwrap();
@@ -207,14 +238,10 @@ fn oversized_datagrams_are_counted_and_dropped() {
 
 #[test]
 fn sending_more_than_buf_size_is_an_error() {
-    let mut kinds = vec![BackendChoice::Fallback];
-    if uring_here() {
-        kinds.push(BackendChoice::Uring);
-    }
-    for k in kinds {
+    for k in kinds() {
         let mut a = bind(IoOptions {
             buf_size: 512,
-            ..opts(k)
+            ..kind_opts(k)
         });
         let err = a
             .push_send("127.0.0.1:9".parse().unwrap(), &[0; 513])
@@ -228,16 +255,37 @@ fn sending_more_than_buf_size_is_an_error() {
 }
 
 #[test]
-fn uring_survives_receive_pool_exhaustion_and_send_slot_reuse() {
+fn uring_receive_path_follows_the_option() {
     if !uring_here() {
         return;
     }
+    // This kernel (6.x) has multishot RecvMsg, so the default takes it.
+    assert_eq!(bind(kind_opts(Kind::Uring)).uring_multishot(), Some(true));
+    assert_eq!(
+        bind(kind_opts(Kind::UringSingle)).uring_multishot(),
+        Some(false)
+    );
+    assert_eq!(bind(kind_opts(Kind::Mmsg)).uring_multishot(), None);
+}
+
+#[test]
+fn uring_survives_receive_pool_exhaustion_and_send_slot_reuse() {
+    for kind in kinds() {
+        if kind == Kind::Mmsg {
+            continue;
+        }
+        pool_exhaustion(kind);
+    }
+}
+
+fn pool_exhaustion(kind: Kind) {
     // 4 receive buffers and 4 send slots: 200 datagrams force the multishot receive to run
-    // dry and be re-armed, and push_send to wait for slots to come back.
+    // dry and be re-armed (or the single-shot buffers to cycle 50 times), and push_send to
+    // wait for slots to come back.
     let small = IoOptions {
         ring_entries: 4,
         batch: 32,
-        ..opts(BackendChoice::Uring)
+        ..kind_opts(kind)
     };
     let mut a = bind(small.clone());
     let mut b = bind(small);
@@ -254,7 +302,9 @@ fn uring_survives_receive_pool_exhaustion_and_send_slot_reuse() {
             "datagram {seq} wrong or out of order"
         );
     }
-    assert!(b.stats().recv_no_buffers >= 1, "{:?}", b.stats());
+    if kind == Kind::Uring {
+        assert!(b.stats().recv_no_buffers >= 1, "{:?}", b.stats());
+    }
     let end = Instant::now() + Duration::from_secs(5);
     while a.stats().sent < 200 && Instant::now() < end {
         a.submit_and_poll(Some(Duration::from_millis(5)), |_, _| {})
@@ -266,8 +316,8 @@ fn uring_survives_receive_pool_exhaustion_and_send_slot_reuse() {
 #[test]
 fn worker_sleeps_on_wait_fd_with_mio() {
     for (ka, kb) in pairs() {
-        let mut a = bind(opts(ka));
-        let mut b = bind(opts(kb));
+        let mut a = bind(kind_opts(ka));
+        let mut b = bind(kind_opts(kb));
         let mut poll = mio::Poll::new().unwrap();
         let fd = b.wait_fd();
         poll.registry()
@@ -304,8 +354,8 @@ fn worker_sleeps_on_wait_fd_with_mio() {
 #[test]
 fn blocking_wait_returns_with_the_datagram_or_empty_on_timeout() {
     for (ka, kb) in pairs() {
-        let mut a = bind(opts(ka));
-        let mut b = bind(opts(kb));
+        let mut a = bind(kind_opts(ka));
+        let mut b = bind(kind_opts(kb));
         let none = b
             .submit_and_poll(Some(Duration::from_millis(30)), |_, _| {})
             .unwrap();
@@ -332,8 +382,8 @@ fn blocking_wait_returns_with_the_datagram_or_empty_on_timeout() {
 fn drop_with_sends_in_flight_and_receive_armed() {
     for (ka, kb) in pairs() {
         let a = {
-            let mut a = bind(opts(ka));
-            let b = bind(opts(kb));
+            let mut a = bind(kind_opts(ka));
+            let b = bind(kind_opts(kb));
             for seq in 0..100 {
                 a.push_send(b.local_addr(), &payload(seq, 1400)).unwrap();
             }

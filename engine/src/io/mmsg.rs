@@ -426,6 +426,7 @@ mod tests {
             buf_size,
             ring_entries: 64,
             sock_buf_bytes: 1 << 20,
+            uring_multishot: true,
         }
     }
 

@@ -113,6 +113,10 @@ pub struct IoOptions {
     pub ring_entries: u32,
     /// `SO_RCVBUF`/`SO_SNDBUF` to ask for, in bytes; 0 keeps the system default.
     pub sock_buf_bytes: usize,
+    /// io_uring only: receive with one multishot `RecvMsg` over a provided-buffer ring
+    /// where the kernel has them (6.0+). `false`, or a kernel without them, queues one
+    /// plain `RecvMsg` per pooled receive buffer instead.
+    pub uring_multishot: bool,
 }
 
 impl Default for IoOptions {
@@ -123,6 +127,7 @@ impl Default for IoOptions {
             buf_size: 65536,
             ring_entries: 256,
             sock_buf_bytes: 4 << 20,
+            uring_multishot: true,
         }
     }
 }
@@ -262,6 +267,15 @@ impl UdpIo {
         match self.inner {
             Inner::Uring(_) => Backend::Uring,
             Inner::Mmsg(_) => Backend::Mmsg,
+        }
+    }
+
+    /// For io_uring, whether receives use the multishot `RecvMsg` (else one `RecvMsg` per
+    /// buffer); `None` for the fallback.
+    pub fn uring_multishot(&self) -> Option<bool> {
+        match &self.inner {
+            Inner::Uring(u) => Some(u.multishot()),
+            Inner::Mmsg(_) => None,
         }
     }
 

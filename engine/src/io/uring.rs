@@ -1,5 +1,6 @@
 //! The io_uring backend: one ring per socket, a multishot `RecvMsg` fed by a provided-buffer
-//! ring, and `SendMsg` from a pool of send buffers.
+//! ring (or, on kernels before 6.0 or when asked, one plain `RecvMsg` per pooled receive
+//! buffer), and `SendMsg` from a pool of send buffers.
 //!
 //! Memory the kernel may touch lives in [`Region`]s that never move. A receive buffer is
 //! the kernel's from the moment its entry is published in the provided-buffer ring until
@@ -22,6 +23,8 @@ use super::{IoError, IoOptions, IoStats, PollOutcome};
 
 /// user_data of the multishot receive; sends use their slot index (< 2^16).
 const UD_RECV: u64 = u64::MAX;
+/// user_data bit of a single-shot receive; the low 16 bits are its buffer id.
+const UD_RECV_SLOT: u64 = 1 << 32;
 /// user_data of the cancel issued on drop.
 const UD_CANCEL: u64 = u64::MAX - 1;
 /// Our provided-buffer group (one ring per socket, so one group is enough).
@@ -45,10 +48,11 @@ struct PbufEntry {
 }
 const _: () = assert!(std::mem::size_of::<PbufEntry>() == 16);
 
-/// Per-slot `sendmsg` arguments. The kernel reads them while the send is in flight (and
-/// copies the header at submission on current kernels; we do not rely on that).
+/// Per-slot `sendmsg`/`recvmsg` arguments. The kernel uses them while the operation is in
+/// flight (it copies the header at submission on current kernels; we do not rely on that)
+/// and writes the sender's address into `name` for a receive.
 #[repr(C)]
-struct SendMeta {
+struct MsgMeta {
     msg: libc::msghdr,
     iov: libc::iovec,
     name: [u8; NAME_LEN],
@@ -61,6 +65,23 @@ enum Wait {
     No,
     Until(Instant),
     Forever,
+}
+
+/// What a completion belongs to, from its user_data.
+enum Op {
+    Send(u64),
+    Multishot,
+    Single(u16),
+    Cancel,
+}
+
+fn classify(ud: u64) -> Op {
+    match ud {
+        UD_RECV => Op::Multishot,
+        UD_CANCEL => Op::Cancel,
+        _ if ud & UD_RECV_SLOT != 0 => Op::Single(ud as u16),
+        _ => Op::Send(ud),
+    }
 }
 
 #[derive(PartialEq, Eq)]
@@ -86,9 +107,18 @@ pub(crate) struct UringIo {
     nbufs: u16,
     recv_msg: Box<libc::msghdr>,
     recv_armed: bool,
+    /// Multishot receive with the provided-buffer ring; otherwise one `RecvMsg` per buffer.
+    multishot: bool,
+    /// Single-shot mode: one header per receive buffer, and how many are with the kernel.
+    recv_meta: *mut MsgMeta,
+    recv_outstanding: usize,
+    /// Single-shot buffers handled and waiting to be queued again.
+    requeue: Vec<u16>,
+    /// Dropping: completed receives are not queued again.
+    closing: bool,
     // Send pool: `nslots` buffers of `buf_size` bytes and their headers.
     send_base: *mut u8,
-    meta: *mut SendMeta,
+    meta: *mut MsgMeta,
     nslots: usize,
     send_free: Vec<u16>,
     send_in_flight: usize,
@@ -139,14 +169,14 @@ impl UringIo {
             (opcode::SendMsg::CODE, "SENDMSG"),
             (opcode::RecvMsg::CODE, "RECVMSG"),
             (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
-            // Multishot RecvMsg has no opcode of its own; it came in 6.0 with SEND_ZC,
-            // so SEND_ZC stands in for it (and the first arm below checks for real).
-            (opcode::SendZc::CODE, "SEND_ZC (multishot RecvMsg marker)"),
         ] {
             if !probe.is_supported(code) {
                 return Err(format!("opcode {name} not supported"));
             }
         }
+        // Multishot RecvMsg has no opcode of its own; it came in 6.0 with SEND_ZC, so
+        // SEND_ZC stands in for it (and the first arm below checks for real).
+        let mut multishot = opts.uring_multishot && probe.is_supported(opcode::SendZc::CODE);
 
         let buf_size = opts.buf_size;
         let recv_len = RECV_HDR + NAME_LEN + buf_size;
@@ -155,7 +185,11 @@ impl UringIo {
         let pbuf_mem = alloc(usize::from(nbufs) * 16, "provided-buffer ring")?;
         let recv_mem = alloc(usize::from(nbufs) * recv_stride, "receive buffers")?;
         let send_mem = alloc(nslots * buf_size, "send buffers")?;
-        let meta_mem = alloc(nslots * std::mem::size_of::<SendMeta>(), "send headers")?;
+        let meta_mem = alloc(nslots * std::mem::size_of::<MsgMeta>(), "send headers")?;
+        let recv_meta_mem = alloc(
+            usize::from(nbufs) * std::mem::size_of::<MsgMeta>(),
+            "receive headers",
+        )?;
 
         // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
         let mut recv_msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
@@ -176,6 +210,11 @@ impl UringIo {
             nbufs,
             recv_msg,
             recv_armed: false,
+            multishot,
+            recv_meta: recv_meta_mem.base().cast(),
+            recv_outstanding: 0,
+            requeue: Vec::with_capacity(usize::from(nbufs)),
+            closing: false,
             send_base: send_mem.base(),
             meta: meta_mem.base().cast(),
             nslots,
@@ -185,33 +224,53 @@ impl UringIo {
             buf_ring_registered: false,
             cqes: Vec::with_capacity(cq as usize),
             stats: IoStats::default(),
-            regions: vec![pbuf_mem, recv_mem, send_mem, meta_mem],
+            regions: vec![pbuf_mem, recv_mem, send_mem, meta_mem, recv_meta_mem],
         };
         io.init_send_meta();
 
-        // SAFETY: `pbuf` points at nbufs zeroed, page-aligned entries in a region this value
-        // owns for as long as the ring exists; drop unregisters it (or leaks the region).
-        unsafe {
-            io.ring
-                .submitter()
-                .register_buf_ring_with_flags(io.pbuf as u64, nbufs, BGID, 0)
-                .map_err(|e| setup_err("IORING_REGISTER_PBUF_RING", e))?;
+        if multishot {
+            // SAFETY: `pbuf` points at nbufs zeroed, page-aligned entries in a region this
+            // value owns for as long as the ring exists; drop unregisters it (or leaks it).
+            let reg = unsafe {
+                io.ring
+                    .submitter()
+                    .register_buf_ring_with_flags(io.pbuf as u64, nbufs, BGID, 0)
+            };
+            match reg {
+                Ok(()) => io.buf_ring_registered = true,
+                Err(e) => {
+                    tracing::info!(err = %e, "no provided-buffer ring; one RecvMsg per buffer");
+                    multishot = false;
+                    io.multishot = false;
+                }
+            }
         }
-        io.buf_ring_registered = true;
-        for bid in 0..nbufs {
-            io.recycle(bid);
+        if multishot {
+            for bid in 0..nbufs {
+                io.recycle(bid);
+            }
+            io.publish();
+            io.arm_recv()
+                .map_err(|e| setup_err("arming RecvMsgMulti", e))?;
+        } else {
+            io.init_recv_meta();
+            for bid in 0..nbufs {
+                io.queue_single(bid)
+                    .map_err(|e| setup_err("queuing RecvMsg", e))?;
+            }
         }
-        io.publish();
-
-        io.arm_recv()
-            .map_err(|e| setup_err("arming RecvMsgMulti", e))?;
         io.enter(Wait::No)
             .map_err(|e| setup_err("io_uring_enter", e))?;
         io.harvest();
         // A kernel without multishot RecvMsg fails the arm at once, with EINVAL.
-        if let Some(&(_, res, _)) = io.cqes.iter().find(|c| c.0 == UD_RECV && c.1 < 0) {
+        let refused = io.cqes.iter().find(|c| {
+            c.1 < 0
+                && c.1 != -libc::ECANCELED
+                && matches!(classify(c.0), Op::Multishot | Op::Single(_))
+        });
+        if let Some(&(_, res, _)) = refused {
             return Err(setup_err(
-                "multishot RecvMsg refused",
+                "RecvMsg refused",
                 io::Error::from_raw_os_error(-res),
             ));
         }
@@ -231,6 +290,114 @@ impl UringIo {
                 (*m).msg.msg_iovlen = 1;
             }
         }
+    }
+
+    fn init_recv_meta(&mut self) {
+        for bid in 0..usize::from(self.nbufs) {
+            // SAFETY: bid < nbufs is inside the zeroed receive-header region and the
+            // receive region; no receive is queued yet. One byte past buf_size is offered
+            // so that a longer datagram shows as `res > buf_size` (the slot has room: its
+            // stride covers RECV_HDR + NAME_LEN extra bytes).
+            unsafe {
+                let m = self.recv_meta.add(bid);
+                (*m).iov.iov_base = self.recv_base.add(bid * self.recv_stride).cast();
+                (*m).iov.iov_len = self.buf_size + 1;
+                (*m).msg.msg_name = std::ptr::addr_of_mut!((*m).name).cast();
+                (*m).msg.msg_iov = std::ptr::addr_of_mut!((*m).iov);
+                (*m).msg.msg_iovlen = 1;
+            }
+        }
+    }
+
+    /// Single-shot mode: hands buffer `bid` to the kernel with its own `RecvMsg`.
+    fn queue_single(&mut self, bid: u16) -> Result<(), IoError> {
+        // SAFETY: buffer `bid` < nbufs is not with the kernel (it was never queued, or its
+        // completion was reaped), so its header is ours to reset.
+        let msg = unsafe {
+            let m = self.recv_meta.add(usize::from(bid));
+            (*m).msg.msg_namelen = NAME_LEN as libc::socklen_t;
+            (*m).msg.msg_flags = 0;
+            std::ptr::addr_of_mut!((*m).msg)
+        };
+        let e = opcode::RecvMsg::new(types::Fd(self.sock.as_raw_fd()), msg)
+            .build()
+            .user_data(UD_RECV_SLOT | u64::from(bid));
+        // SAFETY: header, name and buffer of `bid` stay untouched until the completion with
+        // this user_data is reaped; drop cancels and waits for it.
+        unsafe { self.push_sqe(&e)? };
+        self.recv_outstanding += 1;
+        Ok(())
+    }
+
+    /// Single-shot mode: handles the completion of buffer `bid`'s receive.
+    fn complete_single(
+        &mut self,
+        bid: u16,
+        res: i32,
+        on_recv: &mut dyn FnMut(SocketAddr, &[u8]),
+    ) -> bool {
+        if usize::from(bid) >= usize::from(self.nbufs) {
+            return false;
+        }
+        self.recv_outstanding -= 1;
+        let mut delivered = false;
+        if res >= 0 {
+            let len = res as usize;
+            // SAFETY: the completion gives buffer `bid` and its header back to us; the
+            // name is a plain array copied out here.
+            let (name, namelen) = unsafe {
+                let m = self.recv_meta.add(usize::from(bid));
+                ((*m).name, (*m).msg.msg_namelen as usize)
+            };
+            if len > self.buf_size {
+                self.stats.truncated += 1;
+            } else if let Some(from) = sockaddr::decode(&name[..namelen.min(NAME_LEN)]) {
+                // SAFETY: the kernel wrote `len` <= buf_size bytes at the start of buffer
+                // `bid`, which is ours until it is queued again below.
+                let payload = unsafe {
+                    std::slice::from_raw_parts(
+                        self.recv_base.add(usize::from(bid) * self.recv_stride),
+                        len,
+                    )
+                };
+                on_recv(from, payload);
+                self.stats.received += 1;
+                delivered = true;
+            } else {
+                self.stats.recv_errors += 1;
+            }
+        } else if res != -libc::ECANCELED {
+            self.stats.recv_errors += 1;
+            tracing::debug!(err = %io::Error::from_raw_os_error(-res), "io_uring receive failed");
+        }
+        if !self.closing {
+            self.requeue.push(bid);
+        }
+        delivered
+    }
+
+    /// Gives the receive side back to the kernel: re-arms the multishot receive if it
+    /// ended, or queues again the single-shot buffers handled since the last call.
+    fn rearm(&mut self) -> Result<(), IoError> {
+        if self.multishot {
+            if !self.recv_armed {
+                self.arm_recv()?;
+            }
+            self.publish();
+        } else {
+            while let Some(bid) = self.requeue.pop() {
+                if let Err(e) = self.queue_single(bid) {
+                    self.requeue.push(bid);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this ring uses the multishot receive.
+    pub(crate) fn multishot(&self) -> bool {
+        self.multishot
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
@@ -371,13 +538,15 @@ impl UringIo {
             self.enter(wait)?;
             self.harvest();
             let mut list = std::mem::take(&mut self.cqes);
-            list.retain(|&(ud, res, _)| {
-                if ud == UD_RECV || ud == UD_CANCEL {
-                    return true;
+            list.retain(|&(ud, res, _)| match classify(ud) {
+                Op::Send(slot) => {
+                    self.complete_send(slot, res);
+                    false
                 }
-                self.complete_send(ud, res);
-                false
+                _ => true,
             });
+            // Anything reaped meanwhile (on a busy retry) goes after, in order.
+            list.append(&mut self.cqes);
             self.cqes = list;
             if let Some(&s) = self.send_free.last() {
                 return Ok(s);
@@ -519,10 +688,7 @@ impl UringIo {
     ) -> Result<PollOutcome, IoError> {
         // Receives reaped earlier by push_send come first, in arrival order.
         let mut received = self.drain_pending(on_recv);
-        if !self.recv_armed {
-            self.arm_recv()?;
-        }
-        self.publish();
+        self.rearm()?;
         let deadline = match timeout {
             Some(t) if t.is_zero() => None,
             Some(t) => Some(Instant::now() + t),
@@ -538,10 +704,7 @@ impl UringIo {
             let waited = !matches!(wait, Wait::No);
             let interrupted = self.enter(wait)? == Entered::Interrupted;
             received += self.drain(on_recv);
-            if !self.recv_armed {
-                self.arm_recv()?;
-            }
-            self.publish();
+            self.rearm()?;
             let expired = deadline.is_some_and(|d| Instant::now() >= d);
             if !waited || received > 0 || expired || interrupted {
                 break;
@@ -566,13 +729,15 @@ impl UringIo {
         let mut list = std::mem::take(&mut self.cqes);
         let mut n = 0;
         for &(ud, res, flags) in &list {
-            match ud {
-                UD_RECV => n += usize::from(self.complete_recv(res, flags, on_recv)),
-                UD_CANCEL => {}
-                _ => self.complete_send(ud, res),
+            match classify(ud) {
+                Op::Multishot => n += usize::from(self.complete_recv(res, flags, on_recv)),
+                Op::Single(bid) => n += usize::from(self.complete_single(bid, res, on_recv)),
+                Op::Cancel => {}
+                Op::Send(slot) => self.complete_send(slot, res),
             }
         }
         list.clear();
+        list.append(&mut self.cqes);
         self.cqes = list;
         n
     }
@@ -582,7 +747,20 @@ impl UringIo {
     fn quiesce(&mut self) -> bool {
         let deadline = Instant::now() + QUIESCE_LIMIT;
         let mut discard = |_: SocketAddr, _: &[u8]| {};
+        self.closing = true;
         self.drain_pending(&mut discard);
+        if !self.multishot && self.recv_outstanding > 0 {
+            for bid in 0..self.nbufs {
+                // Buffers not with the kernel answer ENOENT, which is harmless.
+                let e = opcode::AsyncCancel::new(UD_RECV_SLOT | u64::from(bid))
+                    .build()
+                    .user_data(UD_CANCEL);
+                // SAFETY: a cancel SQE carries no pointers.
+                if unsafe { self.push_sqe(&e) }.is_err() {
+                    return false;
+                }
+            }
+        }
         if self.recv_armed {
             let e = opcode::AsyncCancel::new(UD_RECV)
                 .build()
@@ -592,7 +770,7 @@ impl UringIo {
                 return false;
             }
         }
-        while self.recv_armed || self.send_in_flight > 0 {
+        while self.recv_armed || self.recv_outstanding > 0 || self.send_in_flight > 0 {
             if Instant::now() >= deadline {
                 return false;
             }
