@@ -61,8 +61,12 @@ fn uring_here() -> bool {
         Ok(io) => {
             assert_eq!(io.backend(), Backend::Uring);
             let auto = bind(opts(BackendChoice::Auto));
-            assert_eq!(auto.backend(), Backend::Uring);
-            assert!(auto.fallback_reason().is_none());
+            if std::env::var(conclave_engine::io::DISABLE_ENV).as_deref() == Ok("off") {
+                assert_eq!(auto.backend(), Backend::Mmsg);
+            } else {
+                assert_eq!(auto.backend(), Backend::Uring);
+                assert!(auto.fallback_reason().is_none());
+            }
             true
         }
         Err(IoError::UringUnavailable(why)) => {
@@ -118,8 +122,53 @@ fn collect(io: &mut UdpIo, want: usize) -> Vec<(SocketAddr, Vec<u8>)> {
 #[test]
 fn auto_picks_uring_or_reports_why_not() {
     let here = uring_here();
+    let switched_off = std::env::var(conclave_engine::io::DISABLE_ENV).as_deref() == Ok("off");
     let auto = bind(opts(BackendChoice::Auto));
-    assert_eq!(auto.backend() == Backend::Uring, here);
+    assert_eq!(auto.backend() == Backend::Uring, here && !switched_off);
+}
+
+/// Runs in a child process (see below) with io_uring switched off by the environment.
+#[test]
+#[ignore = "run by auto_falls_back_when_io_uring_is_switched_off in a child process"]
+fn child_auto_with_io_uring_switched_off() {
+    assert_eq!(
+        std::env::var(conclave_engine::io::DISABLE_ENV).as_deref(),
+        Ok("off"),
+        "only meaningful in the child process that the parent test starts"
+    );
+    let mut a = bind(opts(BackendChoice::Auto));
+    let mut b = bind(opts(BackendChoice::Auto));
+    assert_eq!(a.backend(), Backend::Mmsg);
+    let why = a.fallback_reason().expect("a reason for the fallback");
+    assert!(why.contains(conclave_engine::io::DISABLE_ENV), "{why}");
+    a.push_send(b.local_addr(), b"via fallback").unwrap();
+    a.flush().unwrap();
+    assert_eq!(
+        collect(&mut b, 1),
+        vec![(a.local_addr(), b"via fallback".to_vec())]
+    );
+}
+
+#[test]
+fn auto_falls_back_when_io_uring_is_switched_off() {
+    // The switch is process-wide, so the check runs in a child process of this binary
+    // rather than changing the environment under the other tests.
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "child_auto_with_io_uring_switched_off",
+            "--ignored",
+        ])
+        .env(conclave_engine::io::DISABLE_ENV, "off")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "child did not run the check:\n{text}"
+    );
 }
 
 #[test]

@@ -78,6 +78,8 @@ use std::time::Duration;
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
     /// io_uring when the kernel accepts it and has what we need, else the fallback.
+    /// Setting the environment variable `CONCLAVE_IO_URING=off` makes `Auto` treat
+    /// io_uring as refused (an operator's switch that needs no config change).
     #[default]
     Auto,
     /// io_uring or an error.
@@ -131,6 +133,9 @@ impl Default for IoOptions {
         }
     }
 }
+
+/// Environment variable that, set to `off`, keeps [`BackendChoice::Auto`] off io_uring.
+pub const DISABLE_ENV: &str = "CONCLAVE_IO_URING";
 
 /// Largest UDP payload over IPv4/IPv6 without jumbograms.
 pub const MAX_DATAGRAM: usize = 65507;
@@ -234,6 +239,11 @@ impl UdpIo {
                 })
             }
             BackendChoice::Auto => {
+                if std::env::var_os(DISABLE_ENV).is_some_and(|v| v == "off") {
+                    let why = format!("disabled by {DISABLE_ENV}=off");
+                    tracing::warn!(reason = %why, "io_uring refused, using sendmmsg/recvmmsg");
+                    return Self::mmsg(sock, &opts, Some(why));
+                }
                 // A second handle on the socket, kept for the fallback: a half-built ring
                 // closes its own handle when dropped.
                 let spare = sock.try_clone()?;
