@@ -8,7 +8,11 @@
 //!
 //! [`UdpIo::bind`] opens one UDP socket and, for the io_uring backend, one ring with a pool
 //! of receive buffers registered with the kernel at start (a provided-buffer ring fed to
-//! one multishot `RecvMsg`) and a pool of send buffers. [`IoOptions::backend`] picks the
+//! one multishot `RecvMsg`; on kernels before 6.0, or with
+//! [`IoOptions::uring_multishot`] off, one plain `RecvMsg` per pooled buffer) and a pool of
+//! send buffers. The completion queue is sized so that it cannot overflow (every
+//! completion holds a pooled buffer), and drop cancels the receive and waits for every
+//! completion before the memory goes (or leaks it if the kernel does not answer). [`IoOptions::backend`] picks the
 //! backend: [`BackendChoice::Auto`] tries io_uring and falls back to `sendmmsg`/`recvmmsg`
 //! (logging why with `tracing`) when the ring cannot be set up or lacks what we need;
 //! [`UdpIo::backend`] says which one runs.
@@ -18,7 +22,8 @@
 //! A data-plane worker reads the clock once per cycle and does all of its UDP I/O in one
 //! batch. Sends are queued with [`UdpIo::push_send`] (copies into a pooled buffer) or
 //! [`UdpIo::push_send_with`] (the caller writes straight into the pooled buffer); queuing
-//! never makes a system call unless `batch` sends are already waiting. Then
+//! never makes a system call unless `batch` sends are already waiting (so a `batch` at
+//! least as large as a cycle's sends gives exactly one system call per cycle). Then
 //! [`UdpIo::submit_and_poll`] hands every queued send (and, for io_uring, a receive re-arm
 //! when one is needed) to the kernel in one system call and calls `on_recv` for every
 //! datagram that has arrived; each receive buffer goes back to the pool as soon as the
