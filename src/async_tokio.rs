@@ -273,12 +273,20 @@ impl Connection {
     }
 }
 
-#[cfg(unix)]
 impl std::os::fd::AsRawFd for Connection {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         match &self.stream {
             Stream::Unix(s) => s.as_raw_fd(),
             Stream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl std::os::fd::AsFd for Connection {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match &self.stream {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
         }
     }
 }

@@ -489,9 +489,10 @@ pub struct Profile {
     pub poll_events: usize,
     /// Most bytes handed to one write call to a client.
     pub write_chunk_bytes: usize,
-    /// SO_SNDBUF of client sockets, in bytes.
+    /// SO_SNDBUF of client sockets, in bytes; 0 keeps the kernel's default.
     pub socket_send_buffer: usize,
-    /// SO_RCVBUF of client sockets, in bytes.
+    /// SO_RCVBUF of client sockets, in bytes; 0 keeps the kernel's default (for TCP, that
+    /// keeps receive-buffer autotuning, which an explicit size turns off).
     pub socket_recv_buffer: usize,
     /// Default per-client output queue limit in bytes.
     pub client_queue_limit: usize,
@@ -585,18 +586,23 @@ impl Profile {
             4096,
             1 << 30,
         )?;
-        range(
-            "socket_send_buffer",
-            u(self.socket_send_buffer),
-            4096,
-            1 << 30,
-        )?;
-        range(
-            "socket_recv_buffer",
-            u(self.socket_recv_buffer),
-            4096,
-            1 << 30,
-        )?;
+        // 0 leaves the kernel's default (and TCP's buffer autotuning) in place.
+        if self.socket_send_buffer != 0 {
+            range(
+                "socket_send_buffer",
+                u(self.socket_send_buffer),
+                4096,
+                1 << 30,
+            )?;
+        }
+        if self.socket_recv_buffer != 0 {
+            range(
+                "socket_recv_buffer",
+                u(self.socket_recv_buffer),
+                4096,
+                1 << 30,
+            )?;
+        }
         range(
             "client_queue_limit",
             u(self.client_queue_limit),
@@ -863,6 +869,16 @@ client_port = 5001
         )
         .unwrap_err();
         assert_eq!(e.key, "ring.retransmit_timeout_ms");
+        let zero = text
+            .replace("socket_send_buffer = 4194304", "socket_send_buffer = 0")
+            .replace("socket_recv_buffer = 4194304", "socket_recv_buffer = 0");
+        assert_eq!(Profile::parse(&zero, "p").unwrap().socket_recv_buffer, 0);
+        let e = Profile::parse(
+            &text.replace("socket_send_buffer = 4194304", "socket_send_buffer = 100"),
+            "p",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "socket_send_buffer");
         assert!(Profile::by_name("fast").is_err());
     }
 }

@@ -57,7 +57,8 @@ impl Stream {
         false
     }
 
-    /// Applies the profile's socket buffer sizes (best effort: the kernel caps them).
+    /// Applies the profile's socket buffer sizes (best effort: the kernel caps them; 0
+    /// keeps the kernel's default).
     pub(crate) fn tune(&self, send: usize, recv: usize) {
         let sock = match self {
             Stream::Unix(s) => socket2::SockRef::from(s),
@@ -68,10 +69,14 @@ impl Stream {
                 socket2::SockRef::from(s)
             }
         };
-        if let Err(e) = sock.set_send_buffer_size(send) {
+        if send > 0
+            && let Err(e) = sock.set_send_buffer_size(send)
+        {
             tracing::debug!("SO_SNDBUF {send} refused: {e}");
         }
-        if let Err(e) = sock.set_recv_buffer_size(recv) {
+        if recv > 0
+            && let Err(e) = sock.set_recv_buffer_size(recv)
+        {
             tracing::debug!("SO_RCVBUF {recv} refused: {e}");
         }
     }

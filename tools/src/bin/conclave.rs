@@ -126,7 +126,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("conclave: {e}");
+            eprintln!("conclave: daemon {addr}: {e}");
             ExitCode::FAILURE
         }
     }
