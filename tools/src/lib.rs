@@ -1,6 +1,7 @@
 //! Conclave tools: helpers shared by the `conclave` CLI and `conclave-bench`.
 #![forbid(unsafe_code)]
 
+pub mod demo;
 pub mod flood;
 
 use std::path::{Path, PathBuf};

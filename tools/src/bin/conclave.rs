@@ -33,6 +33,9 @@ enum Command {
     },
     /// Send or receive a flood of messages and print the rates (and latency).
     Flood(FloodArgs),
+    /// Start a daemon on the embedded default config and walk three clients through a
+    /// group's life: joins, messages, a private message, a disconnect, a leave, shutdown.
+    Demo,
     /// Pretty-print the daemon's status: clients, groups, counters.
     Status {
         /// Print the JSON exactly as the daemon sent it.
@@ -111,7 +114,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Command::Demo) {
+        return demo();
+    }
     let result = match cli.command {
+        Command::Demo => unreachable!("handled above"),
         Command::User { name } => user(&addr, name.as_deref().unwrap_or("")),
         Command::Status { raw } => status(&addr, raw),
         Command::Flood(FloodArgs { mode }) => match mode {
@@ -127,6 +134,20 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("conclave: daemon {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `conclave demo`: it starts its own daemon, so it takes no `--daemon`.
+fn demo() -> ExitCode {
+    let outcome = conclave_tools::sibling_binary("conclaved")
+        .map_err(|e| e.to_string())
+        .and_then(|bin| conclave_tools::demo::run(&bin).map_err(|e| e.to_string()));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("conclave demo: {e}");
             ExitCode::FAILURE
         }
     }
