@@ -17,7 +17,11 @@ use signal_hook::iterator::Signals;
 
 /// The Conclave daemon.
 #[derive(Debug, Parser)]
-#[command(name = "conclaved", version, about)]
+#[command(
+    name = "conclaved",
+    version,
+    about = "The Conclave daemon: serves client groups over a Unix socket and TCP"
+)]
 struct Args {
     /// Configuration file (TOML); the embedded default when absent.
     #[arg(long, value_name = "PATH")]
