@@ -432,10 +432,19 @@ fn flood_send(
     let start = Instant::now();
     let pace = (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64));
     let mut sent = 0u64;
+    // A sender that receives its own messages is a receiver too: it keeps the echo it has
+    // not read yet under a window, or the daemon would rightly cut it off as a slow consumer.
+    let echo_window = ((8u64 << 20) / c.size.max(1) as u64).max(64);
     while sent < c.count {
         flood::stamp(&mut payload, sent, flood::now_ns());
         conn.multicast_buffered(c.service, &groups, MSG_DATA, &payload)?;
         sent += 1;
+        if self_receive && sent - own.received > echo_window {
+            conn.flush()?;
+            while sent - own.received > echo_window / 2 && Instant::now() < deadline {
+                drain_own(&mut conn, &mut hist, &mut own, Duration::from_millis(10))?;
+            }
+        }
         if let Some(pace) = pace {
             // Sleep rather than spin when ahead of schedule: a spinning sender would take
             // a core from the daemon and the receiver on a small machine. Messages that
