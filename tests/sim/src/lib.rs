@@ -7,6 +7,11 @@
 //! every daemon holds the packet, bytes intact). After the submissions stop, the network
 //! turns quiet (no loss, no duplication) and every accepted message must reach every
 //! daemon within bounded simulated time. The same seed and config replay the same run.
+//!
+//! `cargo test -p conclave-sim` runs a few hundred seeds; for more,
+//! `cargo run -p conclave-sim -- --seeds N [--start S] [--daemons K] [--loss P] [--dup P]
+//! [--messages M] [--accelerated BOOL] [--verbose]`, which prints
+//! `replay: cargo run -p conclave-sim -- --seed S ...` for a failing seed.
 #![forbid(unsafe_code)]
 
 pub mod check;
@@ -414,8 +419,8 @@ mod tests {
                     sum.token_retransmits += r.token_retransmits;
                 }
                 Err(v) => panic!(
-                    "seed {seed} failed: {v}\nreplay: cargo run -p conclave-sim -- --seed {seed} --daemons {} --loss {}",
-                    cfg.daemons, cfg.loss
+                    "seed {seed} failed: {v}\nreplay: cargo run -p conclave-sim -- --seed {seed} --daemons {} --loss {} --dup {} --messages {}",
+                    cfg.daemons, cfg.loss, cfg.duplication, cfg.messages
                 ),
             }
         }
