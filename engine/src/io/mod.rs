@@ -412,3 +412,49 @@ fn validate(opts: &IoOptions) -> Result<(), IoError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_read_from_toml_with_defaults_for_the_rest() {
+        let o: IoOptions = toml::from_str("backend = \"fallback\"\nbatch = 64\n").unwrap();
+        assert_eq!(o.backend, BackendChoice::Fallback);
+        assert_eq!(o.batch, 64);
+        assert_eq!(o.buf_size, IoOptions::default().buf_size);
+        assert!(toml::from_str::<IoOptions>("backend = \"kqueue\"").is_err());
+    }
+
+    #[test]
+    fn impossible_options_are_refused_before_any_socket() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        for bad in [
+            IoOptions {
+                batch: 0,
+                ..IoOptions::default()
+            },
+            IoOptions {
+                buf_size: 0,
+                ..IoOptions::default()
+            },
+            IoOptions {
+                buf_size: 70_000,
+                ..IoOptions::default()
+            },
+            IoOptions {
+                ring_entries: 1,
+                ..IoOptions::default()
+            },
+            IoOptions {
+                ring_entries: 1 << 13,
+                ..IoOptions::default()
+            },
+        ] {
+            assert!(matches!(
+                UdpIo::bind(addr, bad),
+                Err(IoError::InvalidOptions(_))
+            ));
+        }
+    }
+}
