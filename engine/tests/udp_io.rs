@@ -493,3 +493,26 @@ fn uring_worker_cycle_is_one_system_call() {
     }
     assert_eq!(total, 10);
 }
+
+#[test]
+fn created_on_a_thread_that_exits_then_used_on_another() {
+    for (ka, kb) in pairs() {
+        // As a daemon would: set up on one thread, hand to a worker, setup thread ends.
+        let (mut a, mut b) = std::thread::spawn(move || (bind(kind_opts(ka)), bind(kind_opts(kb))))
+            .join()
+            .unwrap();
+        for seq in 0..50 {
+            a.push_send(b.local_addr(), &payload(seq, 500)).unwrap();
+        }
+        a.flush().unwrap();
+        let got = collect(&mut b, 50);
+        assert_eq!(got.len(), 50, "{ka:?}->{kb:?}");
+        for (seq, (_, p)) in got.iter().enumerate() {
+            assert!(
+                *p == payload(seq as u32, 500),
+                "{ka:?}->{kb:?}: datagram {seq}"
+            );
+        }
+        assert_eq!(b.stats().recv_errors, 0);
+    }
+}

@@ -66,6 +66,12 @@
 //!
 //! A worker without mio can instead pass a timeout to `submit_and_poll`, which then sleeps
 //! in the kernel (inside the same `io_uring_enter` for io_uring) until a datagram arrives.
+//!
+//! Create a `UdpIo` anywhere and move it to its worker (it is `Send`), but drive it from
+//! that one thread: the kernel runs an io_uring receive's work on the thread that armed
+//! it, so `bind` only proves the receive can be armed and withdraws it again, and the
+//! first `submit_and_poll` arms it on the calling thread. Datagrams that arrive before
+//! then wait in the socket buffer (`sock_buf_bytes`).
 
 mod mem;
 mod mmsg;
