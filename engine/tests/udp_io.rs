@@ -443,3 +443,76 @@ fn drop_with_sends_in_flight_and_receive_armed() {
         drop(a);
     }
 }
+
+#[test]
+fn uring_worker_cycle_is_one_system_call() {
+    if !uring_here() {
+        return;
+    }
+    let mut a = bind(kind_opts(Kind::Uring));
+    let mut b = bind(kind_opts(Kind::Uring));
+    let to = b.local_addr();
+    // Let a's first cycle settle (it reaps nothing yet, but keeps the count honest).
+    a.submit_and_poll(Some(Duration::ZERO), |_, _| {}).unwrap();
+
+    // Ten sends queued (below `batch`) cost nothing until the cycle's one io_uring_enter.
+    let before = a.stats().syscalls;
+    for seq in 0..10 {
+        a.push_send(to, &payload(seq, 300)).unwrap();
+    }
+    assert_eq!(a.stats().syscalls, before, "queuing made a system call");
+    a.submit_and_poll(Some(Duration::ZERO), |_, _| {}).unwrap();
+    assert_eq!(a.stats().syscalls, before + 1);
+
+    // The receiver wakes on its fd and gets what has arrived in one call as well.
+    let mut poll = mio::Poll::new().unwrap();
+    let fd = b.wait_fd();
+    poll.registry()
+        .register(
+            &mut mio::unix::SourceFd(&fd),
+            mio::Token(1),
+            mio::Interest::READABLE,
+        )
+        .unwrap();
+    let mut events = mio::Events::with_capacity(4);
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut total = 0;
+    while total < 10 && Instant::now() < end {
+        // Interrupted (a signal) only means: look again.
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(100))) {
+            assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
+        }
+        let before = b.stats().syscalls;
+        let out = b.submit_and_poll(Some(Duration::ZERO), |_, _| {}).unwrap();
+        assert_eq!(
+            b.stats().syscalls,
+            before + 1,
+            "a receive cycle took more than one call"
+        );
+        total += out.received;
+    }
+    assert_eq!(total, 10);
+}
+
+#[test]
+fn created_on_a_thread_that_exits_then_used_on_another() {
+    for (ka, kb) in pairs() {
+        // As a daemon would: set up on one thread, hand to a worker, setup thread ends.
+        let (mut a, mut b) = std::thread::spawn(move || (bind(kind_opts(ka)), bind(kind_opts(kb))))
+            .join()
+            .unwrap();
+        for seq in 0..50 {
+            a.push_send(b.local_addr(), &payload(seq, 500)).unwrap();
+        }
+        a.flush().unwrap();
+        let got = collect(&mut b, 50);
+        assert_eq!(got.len(), 50, "{ka:?}->{kb:?}");
+        for (seq, (_, p)) in got.iter().enumerate() {
+            assert!(
+                *p == payload(seq as u32, 500),
+                "{ka:?}->{kb:?}: datagram {seq}"
+            );
+        }
+        assert_eq!(b.stats().recv_errors, 0);
+    }
+}

@@ -66,6 +66,12 @@
 //!
 //! A worker without mio can instead pass a timeout to `submit_and_poll`, which then sleeps
 //! in the kernel (inside the same `io_uring_enter` for io_uring) until a datagram arrives.
+//!
+//! Create a `UdpIo` anywhere and move it to its worker (it is `Send`), but drive it from
+//! that one thread: the kernel runs an io_uring receive's work on the thread that armed
+//! it, so `bind` only proves the receive can be armed and withdraws it again, and the
+//! first `submit_and_poll` arms it on the calling thread. Datagrams that arrive before
+//! then wait in the socket buffer (`sock_buf_bytes`).
 
 mod mem;
 mod mmsg;
@@ -411,4 +417,50 @@ fn validate(opts: &IoOptions) -> Result<(), IoError> {
         return Err(IoError::InvalidOptions("ring_entries must be in 2..=4096"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_read_from_toml_with_defaults_for_the_rest() {
+        let o: IoOptions = toml::from_str("backend = \"fallback\"\nbatch = 64\n").unwrap();
+        assert_eq!(o.backend, BackendChoice::Fallback);
+        assert_eq!(o.batch, 64);
+        assert_eq!(o.buf_size, IoOptions::default().buf_size);
+        assert!(toml::from_str::<IoOptions>("backend = \"kqueue\"").is_err());
+    }
+
+    #[test]
+    fn impossible_options_are_refused_before_any_socket() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        for bad in [
+            IoOptions {
+                batch: 0,
+                ..IoOptions::default()
+            },
+            IoOptions {
+                buf_size: 0,
+                ..IoOptions::default()
+            },
+            IoOptions {
+                buf_size: 70_000,
+                ..IoOptions::default()
+            },
+            IoOptions {
+                ring_entries: 1,
+                ..IoOptions::default()
+            },
+            IoOptions {
+                ring_entries: 1 << 13,
+                ..IoOptions::default()
+            },
+        ] {
+            assert!(matches!(
+                UdpIo::bind(addr, bad),
+                Err(IoError::InvalidOptions(_))
+            ));
+        }
+    }
 }

@@ -274,7 +274,58 @@ impl UringIo {
                 io::Error::from_raw_os_error(-res),
             ));
         }
+        io.hand_off()
+            .map_err(|e| setup_err("withdrawing the probe receive", e))?;
         Ok(io)
+    }
+
+    /// Withdraws the receive armed by `new` to prove the kernel takes it. The kernel runs a
+    /// receive's work on the thread that submitted it (and cancels it if that thread
+    /// exits), so the real one is armed by the first `submit_and_poll`, on the worker's
+    /// thread. Completions met here stay queued for that first call.
+    fn hand_off(&mut self) -> Result<(), IoError> {
+        let queued = if self.multishot {
+            usize::from(self.recv_armed)
+        } else {
+            self.recv_outstanding
+        };
+        if self.multishot {
+            if self.recv_armed {
+                let e = opcode::AsyncCancel::new(UD_RECV)
+                    .build()
+                    .user_data(UD_CANCEL);
+                // SAFETY: a cancel SQE carries no pointers.
+                unsafe { self.push_sqe(&e)? };
+            }
+        } else {
+            for bid in 0..self.nbufs {
+                let e = opcode::AsyncCancel::new(UD_RECV_SLOT | u64::from(bid))
+                    .build()
+                    .user_data(UD_CANCEL);
+                // SAFETY: a cancel SQE carries no pointers.
+                unsafe { self.push_sqe(&e)? };
+            }
+        }
+        // Every receive ends with exactly one final completion: count them.
+        let finals = |cqes: &[Cqe]| {
+            cqes.iter()
+                .filter(|c| match classify(c.0) {
+                    Op::Multishot => !cqueue::more(c.2),
+                    Op::Single(_) => true,
+                    _ => false,
+                })
+                .count()
+        };
+        let deadline = Instant::now() + QUIESCE_LIMIT;
+        while finals(&self.cqes) < queued {
+            if Instant::now() >= deadline {
+                return Err(IoError::Os(io::Error::other("receive cancel not answered")));
+            }
+            let step = (Instant::now() + Duration::from_millis(20)).min(deadline);
+            self.enter(Wait::Until(step))?;
+            self.harvest();
+        }
+        Ok(())
     }
 
     fn init_send_meta(&mut self) {
