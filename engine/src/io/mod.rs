@@ -73,6 +73,9 @@
 //! first `submit_and_poll` arms it on the calling thread. Datagrams that arrive before
 //! then wait in the socket buffer (`sock_buf_bytes`).
 
+// Every unsafe block here must say why it holds; let the linter hold us to it.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod mem;
 mod mmsg;
 mod sockaddr;
