@@ -138,6 +138,30 @@ impl GroupTable {
         self.local_ids.insert(name.into(), id);
     }
 
+    /// Forgets that local client `name` is `id`, at once, before its `Disconnect` is
+    /// ordered: across daemons that event comes back later, and meanwhile `id` may be given
+    /// to a new session, which must not receive the departed client's deliveries.
+    pub fn unbind_local(&mut self, name: &str, id: LocalId) {
+        if self.local_ids.get(name) == Some(&id) {
+            self.local_ids.remove(name);
+        }
+        let Some(&c) = self.by_name.get(name) else {
+            return;
+        };
+        let Some(entry) = self.clients[c as usize].as_mut() else {
+            return;
+        };
+        if entry.local != Some(id) {
+            return;
+        }
+        entry.local = None;
+        for &g in &entry.groups {
+            if let Some(gr) = self.groups[g as usize].as_mut() {
+                gr.local.retain(|&l| l != id);
+            }
+        }
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> &TableStats {
         &self.stats
@@ -348,9 +372,14 @@ impl GroupTable {
         for g in groups {
             self.remove_member(c, g, MembershipReason::Disconnect, out);
         }
+        // A client unbound early (see `unbind_local`) may have a successor of the same
+        // name already bound: only this client's own binding goes.
+        let local = self.clients[c as usize].as_ref().and_then(|e| e.local);
+        if local.is_some() && self.local_ids.get(client).copied() == local {
+            self.local_ids.remove(client);
+        }
         self.clients[c as usize] = None;
         self.free_clients.push(c);
-        self.local_ids.remove(client);
     }
 
     fn remove_member(

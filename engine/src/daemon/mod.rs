@@ -17,6 +17,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod net;
 mod session;
 mod status;
 mod worker;
@@ -39,7 +40,7 @@ use thiserror::Error;
 
 use crate::config::{Config, ConfigError, Profile};
 use crate::core::{GroupTable, LocalSequencer, TableConfig};
-use worker::{Limits, TCP_LISTENER, UNIX_LISTENER, WAKER, Worker};
+use worker::{Limits, RING, TCP_LISTENER, UNIX_LISTENER, WAKER, Worker};
 
 /// Why the daemon could not start or stopped with a failure.
 #[derive(Debug, Error)]
@@ -234,15 +235,24 @@ impl Daemon {
             );
         }
         let pin = profile.pin_workers;
-        let worker = Worker::new(
-            poll,
-            unix,
-            tcp,
-            table,
-            Box::new(LocalSequencer::default()),
-            limits,
-            stop.clone(),
-        );
+        // One daemon orders locally (the fast path); several order through the ring.
+        let sequencer: Box<dyn crate::core::Sequencer> = if config.daemons.len() > 1 {
+            let now = crate::core::time::Instant::ZERO;
+            let ring =
+                net::RingSequencer::new(&config, &profile, now).map_err(|e| DaemonError::Io {
+                    what: "starting the daemon ring".into(),
+                    source: std::io::Error::other(e),
+                })?;
+            Box::new(ring)
+        } else {
+            Box::new(LocalSequencer::default())
+        };
+        if let Some(fd) = sequencer.wait_fd() {
+            poll.registry()
+                .register(&mut mio::unix::SourceFd(&fd), RING, Interest::READABLE)
+                .map_err(io_err("registering the ring socket"))?;
+        }
+        let worker = Worker::new(poll, unix, tcp, table, sequencer, limits, stop.clone());
         let thread = std::thread::Builder::new()
             .name("conclave-worker-0".into())
             .spawn(move || {
