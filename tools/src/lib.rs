@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod flood;
+pub mod ring_bench;
 
 use std::path::{Path, PathBuf};
 
