@@ -711,6 +711,45 @@ mod tests {
     }
 
     #[test]
+    fn an_unbound_id_reused_before_the_disconnect_gets_nothing_of_the_old_client() {
+        let mut w = world(&[]);
+        w.connect("#a#d", 1);
+        w.connect("#b#d", 2);
+        w.join("#a#d", "g");
+        w.join("#b#d", "g");
+        w.boxes.take(1);
+        w.boxes.take(2);
+        // `#a#d` closes; its Disconnect is still travelling the ring when id 1 is given to
+        // a new client, and a reconnecting `#a#d` takes id 3.
+        w.table.unbind_local("#a#d", 1);
+        w.table.bind_local("#n#d", 1);
+        w.send("#b#d", &["g"], b"m1");
+        assert!(
+            w.boxes.take(1).is_empty(),
+            "the new session got an old delivery"
+        );
+        w.table.bind_local("#a#d", 3);
+        w.boxes.0.insert(3, Vec::new());
+        use MembershipReason::*;
+        w.apply(Event::Disconnect { client: "#a#d" });
+        w.apply(Event::Connect { client: "#a#d" });
+        w.join("#a#d", "g");
+        assert_eq!(
+            w.boxes.take(3),
+            vec![view("g", 4, Join, "#a#d", &["#a#d", "#b#d"])]
+        );
+        assert!(w.boxes.take(1).is_empty());
+        assert_eq!(
+            w.boxes.take(2),
+            vec![
+                Seen::Data("#b#d".into(), vec!["g".into()], b"m1".to_vec()),
+                view("g", 3, Disconnect, "#a#d", &["#b#d"]),
+                view("g", 4, Join, "#a#d", &["#a#d", "#b#d"]),
+            ]
+        );
+    }
+
+    #[test]
     fn joins_and_leaves_give_sorted_views_with_increasing_ids() {
         let mut w = world(&[]);
         w.connect("#b#d", 1);

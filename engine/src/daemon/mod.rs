@@ -6,6 +6,12 @@
 //! sessions run on one worker, so the daemon is correct with `workers = 1`; further
 //! workers are reserved for the ring's datagram path).
 //!
+//! With one daemon in the configuration, events are ordered on the spot
+//! ([`LocalSequencer`]). With several, the worker also drives the daemon ring
+//! ([`net::RingSequencer`]): it sleeps on the ring's UDP fd and timers as well as the
+//! client sockets, and once per turn exchanges datagrams and applies what the token
+//! ordered. The ring is static for now (membership changes: next issue).
+//!
 //! ```no_run
 //! use conclave_engine::config::Config;
 //! use conclave_engine::daemon::Daemon;
