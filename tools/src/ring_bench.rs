@@ -243,6 +243,39 @@ fn probe(cluster: &Cluster) -> AnyResult<String> {
         .to_owned())
 }
 
+/// The ring's traffic and repair counters of every daemon, as a markdown line each.
+fn ring_counters(cluster: &Cluster) -> String {
+    let keys = [
+        "data_sent",
+        "retransmissions",
+        "token_retransmits",
+        "tokens_sent",
+        "dropped_oversize",
+        "events_held_back",
+        "send_dropped",
+    ];
+    let mut out = String::from("\nRing counters at the end (all runs):\n\n");
+    for (name, socket) in NAMES.iter().zip(&cluster.sockets) {
+        let Ok(mut c) = Connection::connect(Address::Unix(socket.clone())) else {
+            return String::new();
+        };
+        let Ok(Ok(v)) = c
+            .status()
+            .map(|s| serde_json::from_str::<serde_json::Value>(&s))
+        else {
+            return String::new();
+        };
+        let _ = c.disconnect();
+        let counters = &v["ring"]["counters"];
+        let parts: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{k} {}", counters[*k].as_u64().unwrap_or(0)))
+            .collect();
+        let _ = writeln!(out, "- {name}: {}", parts.join(", "));
+    }
+    out
+}
+
 /// What one receiver measured in one run.
 #[derive(Debug, Clone, Default)]
 struct Received {
@@ -577,6 +610,7 @@ pub fn run(args: RingBench) -> AnyResult<()> {
         }
     }
     let backend = cluster.backend.clone();
+    let ring_counters = ring_counters(&cluster);
     drop(cluster);
 
     let mut table = format!(
@@ -611,6 +645,10 @@ pub fn run(args: RingBench) -> AnyResult<()> {
         );
     }
     println!("{table}");
+    if !ring_counters.is_empty() {
+        table.push_str(&ring_counters);
+        println!("{ring_counters}");
+    }
     let (csv_path, svg_path, md_path) = (
         out_dir.join("ring.csv"),
         out_dir.join("ring.svg"),

@@ -160,9 +160,28 @@ impl RingSequencer {
             representative: DaemonIdx(0),
             seq: 1,
         };
-        rc.window_per_rotation = t.window_per_rotation;
-        rc.window_per_daemon = t.window_per_daemon;
-        rc.max_unstable = rc.max_unstable.max(t.window_per_rotation.saturating_mul(4));
+        let opts = IoOptions {
+            backend: t.io_backend,
+            batch: 64,
+            ..IoOptions::default()
+        };
+        // One rotation's packets must fit a receiver's socket buffer, or a burst overflows
+        // it and every overflow costs a retransmission (and often a token timeout).
+        let fit = u32::try_from(opts.sock_buf_bytes / t.max_datagram_bytes.max(1))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        rc.window_per_rotation = t.window_per_rotation.min(fit);
+        rc.window_per_daemon = t.window_per_daemon.min(rc.window_per_rotation);
+        if rc.window_per_rotation < t.window_per_rotation {
+            tracing::info!(
+                asked = t.window_per_rotation,
+                used = rc.window_per_rotation,
+                "ring window capped so one rotation fits the UDP receive buffer"
+            );
+        }
+        rc.max_unstable = rc
+            .max_unstable
+            .max(rc.window_per_rotation.saturating_mul(4));
         rc.max_datagram = t.max_datagram_bytes;
         // An event is the client's frame plus the sender's name and a few header bytes.
         rc.max_message = max_frame_len(config.clients.max_payload) + 1024;
@@ -172,11 +191,6 @@ impl RingSequencer {
         rc.accelerated = t.accelerated;
         rc.idle_token_hold = Duration::from_micros(t.idle_token_hold_us);
         let ring = Ring::new(rc, now)?;
-        let opts = IoOptions {
-            backend: t.io_backend,
-            batch: 64,
-            ..IoOptions::default()
-        };
         let udp = UdpIo::bind(order[pos].1, opts)?;
         let by_addr = order
             .iter()
