@@ -455,6 +455,156 @@ impl Sequencer for RingSequencer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::GroupsConfig;
+    use crate::core::{LocalId, TableConfig};
+    use conclave_control::wire::client::{DaemonFrame, decode_daemon, split_frame};
+
+    /// Every local client's output, by id.
+    #[derive(Default)]
+    struct Boxes(HashMap<LocalId, Vec<u8>>);
+
+    impl Outbox for Boxes {
+        fn out(&mut self, id: LocalId) -> Option<&mut Vec<u8>> {
+            self.0.get_mut(&id)
+        }
+    }
+
+    /// The data payloads in a client's output, in order.
+    fn payloads(buf: &[u8]) -> Vec<Vec<u8>> {
+        let mut rest = buf;
+        let mut out = Vec::new();
+        while let Ok(Some((body, used))) = split_frame(rest, 1 << 24) {
+            if let Ok(DaemonFrame::Data { payload, .. }) = decode_daemon(body) {
+                out.push(payload.to_vec());
+            }
+            rest = &rest[used..];
+        }
+        out
+    }
+
+    struct Node {
+        seq: RingSequencer,
+        table: GroupTable,
+        boxes: Boxes,
+    }
+
+    fn node(me: &str, ports: [u16; 2], backend: &str) -> Node {
+        let text = format!(
+            "me = \"{me}\"\n[[daemons]]\nname = \"a\"\naddress = \"127.0.0.1\"\nring_port = {}\nclient_port = 1\n\
+             [[daemons]]\nname = \"b\"\naddress = \"127.0.0.1\"\nring_port = {}\nclient_port = 2\n",
+            ports[0], ports[1]
+        );
+        let config = Config::parse(&text, "test").unwrap();
+        let mut profile = Profile::by_name("debug-loss").unwrap();
+        profile.ring.io_backend = match backend {
+            "fallback" => crate::io::BackendChoice::Fallback,
+            _ => crate::io::BackendChoice::Auto,
+        };
+        profile.ring.retransmit_timeout_ms = 2;
+        profile.ring.loss_percent = 20.0;
+        let mut table = GroupTable::new(TableConfig {
+            groups: GroupsConfig::default(),
+            max_groups_per_client: 8,
+            epoch: 1,
+        });
+        let client = format!("#c#{me}");
+        table.bind_local(&client, 0);
+        let mut boxes = Boxes::default();
+        boxes.0.insert(0, Vec::new());
+        Node {
+            seq: RingSequencer::new(&config, &profile, Instant::ZERO).unwrap(),
+            table,
+            boxes,
+        }
+    }
+
+    /// Two daemons in one process over real UDP, with 20 % injected loss: each client joins
+    /// and sends; both receive every message in the same order.
+    fn two_daemons_agree(backend: &str) {
+        let held: Vec<_> = (0..2)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports = [
+            held[0].local_addr().unwrap().port(),
+            held[1].local_addr().unwrap().port(),
+        ];
+        drop(held);
+        let mut nodes = [node("a", ports, backend), node("b", ports, backend)];
+        let list = crate::core::event::group_list_bytes(["g"]);
+        let groups = crate::core::event::group_list_of(&list).unwrap();
+        for (i, n) in nodes.iter_mut().enumerate() {
+            let me = format!("#c#{}", ["a", "b"][i]);
+            let Node { seq, table, boxes } = n;
+            seq.submit(&Event::Connect { client: &me }, table, boxes);
+            seq.submit(
+                &Event::Join {
+                    client: &me,
+                    group: "g",
+                },
+                table,
+                boxes,
+            );
+            for k in 0..200u32 {
+                let payload = format!("{i}:{k}");
+                let event = Event::Data {
+                    sender: &me,
+                    service: if k % 2 == 0 {
+                        Service::Safe
+                    } else {
+                        Service::Agreed
+                    },
+                    msg_type: 0,
+                    groups,
+                    payload: payload.as_bytes(),
+                };
+                seq.submit(&event, table, boxes);
+            }
+        }
+        assert_eq!(
+            nodes[0].table.stats().events,
+            0,
+            "nothing applies before ordering"
+        );
+        let start = std::time::Instant::now();
+        let want = 2 * (2 + 200);
+        while nodes.iter().any(|n| n.seq.ordered() < want) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "ordered {} and {} of {want}",
+                nodes[0].seq.ordered(),
+                nodes[1].seq.ordered()
+            );
+            let now = Instant::from_nanos(start.elapsed().as_nanos() as u64);
+            for n in &mut nodes {
+                n.seq.drive(now, &mut n.table, &mut n.boxes);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let seen: Vec<_> = nodes.iter().map(|n| payloads(&n.boxes.0[&0])).collect();
+        // Each client joined before its own messages, so it gets at least its own 200.
+        let common = seen[0].len().min(seen[1].len());
+        assert!(common >= 200, "{} and {}", seen[0].len(), seen[1].len());
+        let tail = |v: &Vec<Vec<u8>>| v[v.len() - common..].to_vec();
+        assert_eq!(tail(&seen[0]), tail(&seen[1]), "the shared suffix differs");
+        assert_eq!(nodes[0].table.groups(), nodes[1].table.groups());
+        assert_eq!(nodes[0].table.stats().events, want);
+        assert_eq!(nodes[1].table.stats().events, want);
+        let injected: u64 = nodes
+            .iter()
+            .map(|n| n.seq.stats.dropped_loss_injected)
+            .sum();
+        assert!(injected > 0, "the loss profile dropped nothing");
+    }
+
+    #[test]
+    fn two_daemons_agree_on_fallback() {
+        two_daemons_agree("fallback");
+    }
+
+    #[test]
+    fn two_daemons_agree_on_auto() {
+        two_daemons_agree("auto");
+    }
 
     #[test]
     fn loss_drops_about_the_asked_share_and_replays() {
