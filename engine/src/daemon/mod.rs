@@ -237,7 +237,8 @@ impl Daemon {
         if profile.workers > 1 {
             tracing::info!(
                 workers = profile.workers,
-                "client sessions run on one worker; the others are reserved for the ring"
+                "running one data-plane worker: client sessions and the daemon ring share it \
+                 (sharding sessions over more workers is not done yet)"
             );
         }
         let pin = profile.pin_workers;
