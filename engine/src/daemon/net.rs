@@ -48,6 +48,9 @@ pub enum NetError {
     /// The UDP socket or its backend could not be set up.
     #[error("ring socket: {0}")]
     Io(#[from] IoError),
+    /// Two daemons share one ring address, so their datagrams cannot be told apart.
+    #[error("daemons {0:?} and {1:?} have the same ring address {2}")]
+    SharedAddress(String, String, SocketAddr),
 }
 
 /// Drops received datagrams on purpose, reproducibly (testing profiles only).
@@ -146,6 +149,11 @@ impl RingSequencer {
     /// Binds this daemon's ring port and starts its part of the ring at `now`.
     pub fn new(config: &Config, profile: &Profile, now: Instant) -> Result<Self, NetError> {
         let order = daemon_order(config);
+        for (i, (name, addr)) in order.iter().enumerate() {
+            if let Some((other, _)) = order[..i].iter().find(|(_, a)| a == addr) {
+                return Err(NetError::SharedAddress(other.clone(), name.clone(), *addr));
+            }
+        }
         let pos = order
             .iter()
             .position(|(n, _)| *n == config.me)
@@ -594,6 +602,16 @@ mod tests {
             .map(|n| n.seq.stats.dropped_loss_injected)
             .sum();
         assert!(injected > 0, "the loss profile dropped nothing");
+    }
+
+    #[test]
+    fn daemons_sharing_a_ring_address_are_refused() {
+        let text = "me = \"a\"\n[[daemons]]\nname = \"a\"\naddress = \"127.0.0.1\"\nring_port = 7\nclient_port = 1\n\
+                    [[daemons]]\nname = \"b\"\naddress = \"127.0.0.1\"\nring_port = 7\nclient_port = 2\n";
+        let config = Config::parse(text, "test").unwrap();
+        let profile = Profile::by_name("default").unwrap();
+        let err = RingSequencer::new(&config, &profile, Instant::ZERO).unwrap_err();
+        assert!(matches!(err, NetError::SharedAddress(..)), "{err}");
     }
 
     #[test]
