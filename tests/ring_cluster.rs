@@ -311,10 +311,25 @@ fn bad_datagrams(backend: Backend) {
         assert!(Instant::now() < deadline, "not all drops counted: {json}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Still serving clients (the ring itself cannot order anything while `b` is silent).
+    // Still serving clients; the ring itself cannot order anything while `b` never passes
+    // the token back, and says so once the token timeout has passed.
     let mut other = cluster.daemons[0].client("still-here");
-    let json = other.status().expect("status after junk");
-    assert!(json.contains("\"mode\":\"ring\""), "{json}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let json = other.status().expect("status after junk");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+        assert_eq!(v["ring"]["mode"], "ring");
+        if v["ring"]["stalled"] == true {
+            assert_eq!(
+                status_counter(&json, &["ring", "token_losses"]),
+                1,
+                "{json}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no stall reported: {json}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

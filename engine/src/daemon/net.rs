@@ -99,6 +99,8 @@ struct NetStats {
     held_back: u64,
     /// Events larger than the ring accepts (cannot happen with consistent limits).
     too_large: u64,
+    /// Times the token stayed away past the token-loss timeout.
+    token_losses: u64,
 }
 
 /// The ring-backed [`Sequencer`] (see the module docs).
@@ -122,6 +124,11 @@ pub struct RingSequencer {
     loss: Option<Loss>,
     loss_percent: f64,
     stats: NetStats,
+    /// The token has stayed away past the loss timeout (and it was logged); cleared when
+    /// it comes back. Until the membership protocol exists nothing else is done about it.
+    stalled: bool,
+    /// `tokens_received` when the stall was noticed.
+    stalled_at_tokens: u64,
 }
 
 impl std::fmt::Debug for RingSequencer {
@@ -227,6 +234,8 @@ impl RingSequencer {
             loss: Loss::new(t.loss_percent, t.loss_seed, me),
             loss_percent: t.loss_percent,
             stats: NetStats::default(),
+            stalled: false,
+            stalled_at_tokens: 0,
         })
     }
 
@@ -286,6 +295,28 @@ impl RingSequencer {
         }
     }
 
+    /// Notices (once per episode) that the token has been away past the loss timeout: with
+    /// a static ring that means a daemon is down or unreachable and ordering has stopped.
+    fn watch_token(&mut self, now: Instant) {
+        let tokens = self.ring.stats().tokens_received;
+        if self.stalled {
+            if tokens > self.stalled_at_tokens {
+                self.stalled = false;
+                tracing::info!("the token is back: the daemon ring orders again");
+            }
+            return;
+        }
+        if self.ring.token_loss_deadline().is_some_and(|d| d <= now) {
+            self.stalled = true;
+            self.stalled_at_tokens = tokens;
+            self.stats.token_losses += 1;
+            tracing::warn!(
+                "no token within the token timeout: a daemon of the ring is down or \
+                 unreachable, and ordering waits for it (membership changes: next issue)"
+            );
+        }
+    }
+
     fn deliver(&mut self, table: &mut GroupTable, out: &mut dyn Outbox) {
         while let Some(d) = self.ring.poll_delivery() {
             let mut rest = d.payload;
@@ -335,6 +366,7 @@ impl Sequencer for RingSequencer {
 
     fn drive(&mut self, now: Instant, table: &mut GroupTable, out: &mut dyn Outbox) {
         self.more = false;
+        self.watch_token(now);
         for round in 0..MAX_ROUNDS {
             self.release_held();
             if self.ring.poll_timeout().is_some_and(|t| t <= now) {
@@ -380,7 +412,11 @@ impl Sequencer for RingSequencer {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.ring.poll_timeout()
+        let loss = self.ring.token_loss_deadline().filter(|_| !self.stalled);
+        match (self.ring.poll_timeout(), loss) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn busy(&self) -> bool {
@@ -431,6 +467,7 @@ impl Sequencer for RingSequencer {
             "events_held_back": n.held_back,
             "bad_events": n.bad_events,
             "events_too_large": n.too_large,
+            "token_losses": n.token_losses,
             "send_errors": n.send_errors + io.send_errors,
             "send_dropped": io.send_dropped,
             "syscalls": io.syscalls,
@@ -455,6 +492,7 @@ impl Sequencer for RingSequencer {
             "safe_through": self.ring.safe_through(),
             "pending_messages": self.ring.pending_messages(),
             "held_back_now": self.held.len(),
+            "stalled": self.stalled,
             "counters": counters,
         }))
     }
