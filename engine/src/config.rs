@@ -527,6 +527,21 @@ pub struct RingTuning {
     pub loss_percent: f64,
     /// Seed of the deliberate loss, so a lossy run replays.
     pub loss_seed: u64,
+    /// UDP backend between daemons: `auto` (io_uring when the kernel allows, else
+    /// `sendmmsg`/`recvmmsg`), `uring` (or fail) or `fallback`.
+    #[serde(default)]
+    pub io_backend: crate::io::BackendChoice,
+    /// Run the Accelerated Ring variant (pass the token before finishing the multicasts).
+    #[serde(default)]
+    pub accelerated: bool,
+    /// How long the representative keeps an idle token before passing it on, in
+    /// microseconds (a submit releases it at once); bounds idle token traffic.
+    #[serde(default = "default_idle_token_hold_us")]
+    pub idle_token_hold_us: u64,
+}
+
+fn default_idle_token_hold_us() -> u64 {
+    1000
 }
 
 impl Profile {

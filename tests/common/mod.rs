@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 use conclave::{Address, Connection, Event};
 use conclave_control::wire::client::{
     DaemonFrame, PROTOCOL_VERSION, decode_daemon, encode, max_frame_len, split_frame,

@@ -138,6 +138,30 @@ impl GroupTable {
         self.local_ids.insert(name.into(), id);
     }
 
+    /// Forgets that local client `name` is `id`, at once, before its `Disconnect` is
+    /// ordered: across daemons that event comes back later, and meanwhile `id` may be given
+    /// to a new session, which must not receive the departed client's deliveries.
+    pub fn unbind_local(&mut self, name: &str, id: LocalId) {
+        if self.local_ids.get(name) == Some(&id) {
+            self.local_ids.remove(name);
+        }
+        let Some(&c) = self.by_name.get(name) else {
+            return;
+        };
+        let Some(entry) = self.clients[c as usize].as_mut() else {
+            return;
+        };
+        if entry.local != Some(id) {
+            return;
+        }
+        entry.local = None;
+        for &g in &entry.groups {
+            if let Some(gr) = self.groups[g as usize].as_mut() {
+                gr.local.retain(|&l| l != id);
+            }
+        }
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> &TableStats {
         &self.stats
@@ -348,9 +372,14 @@ impl GroupTable {
         for g in groups {
             self.remove_member(c, g, MembershipReason::Disconnect, out);
         }
+        // A client unbound early (see `unbind_local`) may have a successor of the same
+        // name already bound: only this client's own binding goes.
+        let local = self.clients[c as usize].as_ref().and_then(|e| e.local);
+        if local.is_some() && self.local_ids.get(client).copied() == local {
+            self.local_ids.remove(client);
+        }
         self.clients[c as usize] = None;
         self.free_clients.push(c);
-        self.local_ids.remove(client);
     }
 
     fn remove_member(
@@ -679,6 +708,45 @@ mod tests {
             changed.into(),
             members.iter().map(|s| s.to_string()).collect(),
         )
+    }
+
+    #[test]
+    fn an_unbound_id_reused_before_the_disconnect_gets_nothing_of_the_old_client() {
+        let mut w = world(&[]);
+        w.connect("#a#d", 1);
+        w.connect("#b#d", 2);
+        w.join("#a#d", "g");
+        w.join("#b#d", "g");
+        w.boxes.take(1);
+        w.boxes.take(2);
+        // `#a#d` closes; its Disconnect is still travelling the ring when id 1 is given to
+        // a new client, and a reconnecting `#a#d` takes id 3.
+        w.table.unbind_local("#a#d", 1);
+        w.table.bind_local("#n#d", 1);
+        w.send("#b#d", &["g"], b"m1");
+        assert!(
+            w.boxes.take(1).is_empty(),
+            "the new session got an old delivery"
+        );
+        w.table.bind_local("#a#d", 3);
+        w.boxes.0.insert(3, Vec::new());
+        use MembershipReason::*;
+        w.apply(Event::Disconnect { client: "#a#d" });
+        w.apply(Event::Connect { client: "#a#d" });
+        w.join("#a#d", "g");
+        assert_eq!(
+            w.boxes.take(3),
+            vec![view("g", 4, Join, "#a#d", &["#a#d", "#b#d"])]
+        );
+        assert!(w.boxes.take(1).is_empty());
+        assert_eq!(
+            w.boxes.take(2),
+            vec![
+                Seen::Data("#b#d".into(), vec!["g".into()], b"m1".to_vec()),
+                view("g", 3, Disconnect, "#a#d", &["#b#d"]),
+                view("g", 4, Join, "#a#d", &["#a#d", "#b#d"]),
+            ]
+        );
     }
 
     #[test]

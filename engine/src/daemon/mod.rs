@@ -6,6 +6,12 @@
 //! sessions run on one worker, so the daemon is correct with `workers = 1`; further
 //! workers are reserved for the ring's datagram path).
 //!
+//! With one daemon in the configuration, events are ordered on the spot
+//! ([`LocalSequencer`]). With several, the worker also drives the daemon ring
+//! ([`net::RingSequencer`]): it sleeps on the ring's UDP fd and timers as well as the
+//! client sockets, and once per turn exchanges datagrams and applies what the token
+//! ordered. The ring is static for now (membership changes: next issue).
+//!
 //! ```no_run
 //! use conclave_engine::config::Config;
 //! use conclave_engine::daemon::Daemon;
@@ -17,6 +23,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod net;
 mod session;
 mod status;
 mod worker;
@@ -39,7 +46,7 @@ use thiserror::Error;
 
 use crate::config::{Config, ConfigError, Profile};
 use crate::core::{GroupTable, LocalSequencer, TableConfig};
-use worker::{Limits, TCP_LISTENER, UNIX_LISTENER, WAKER, Worker};
+use worker::{Limits, RING, TCP_LISTENER, UNIX_LISTENER, WAKER, Worker};
 
 /// Why the daemon could not start or stopped with a failure.
 #[derive(Debug, Error)]
@@ -230,19 +237,29 @@ impl Daemon {
         if profile.workers > 1 {
             tracing::info!(
                 workers = profile.workers,
-                "client sessions run on one worker; the others are reserved for the ring"
+                "running one data-plane worker: client sessions and the daemon ring share it \
+                 (sharding sessions over more workers is not done yet)"
             );
         }
         let pin = profile.pin_workers;
-        let worker = Worker::new(
-            poll,
-            unix,
-            tcp,
-            table,
-            Box::new(LocalSequencer::default()),
-            limits,
-            stop.clone(),
-        );
+        // One daemon orders locally (the fast path); several order through the ring.
+        let sequencer: Box<dyn crate::core::Sequencer> = if config.daemons.len() > 1 {
+            let now = crate::core::time::Instant::ZERO;
+            let ring =
+                net::RingSequencer::new(&config, &profile, now).map_err(|e| DaemonError::Io {
+                    what: "starting the daemon ring".into(),
+                    source: std::io::Error::other(e),
+                })?;
+            Box::new(ring)
+        } else {
+            Box::new(LocalSequencer::default())
+        };
+        if let Some(fd) = sequencer.wait_fd() {
+            poll.registry()
+                .register(&mut mio::unix::SourceFd(&fd), RING, Interest::READABLE)
+                .map_err(io_err("registering the ring socket"))?;
+        }
+        let worker = Worker::new(poll, unix, tcp, table, sequencer, limits, stop.clone());
         let thread = std::thread::Builder::new()
             .name("conclave-worker-0".into())
             .spawn(move || {

@@ -92,11 +92,12 @@ pub(crate) fn render(
     c: &Counters,
     t: &TableStats,
     events_ordered: u64,
+    ring: Option<Value>,
 ) -> String {
     let errors = by_name(&ERROR_CODES, |e| e as usize, &c.errors, Some(&t.errors));
     let total_errors: u64 = c.errors.iter().chain(t.errors.iter()).sum();
     let refusals = by_name(&REFUSE_CODES, |r| r as usize, &c.refusals, None);
-    let doc = json!({
+    let mut doc = json!({
         "daemon": daemon.name,
         "profile": daemon.profile,
         "uptime_ms": daemon.uptime_ms,
@@ -146,5 +147,7 @@ pub(crate) fn render(
             "read_pauses": c.read_pauses,
         },
     });
+    // A single daemon orders locally and has no ring to report.
+    doc["ring"] = ring.unwrap_or_else(|| json!({"mode": "local"}));
     doc.to_string()
 }

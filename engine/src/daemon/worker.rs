@@ -26,11 +26,14 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::session::{CloseReason, Session, Stream};
 use super::status::{self, ClientStatus, Counters};
+use crate::core::time::Instant as RingInstant;
 use crate::core::{Event, GroupTable, LocalId, Outbox, Sequencer};
 
 pub(crate) const UNIX_LISTENER: Token = Token(0);
 pub(crate) const TCP_LISTENER: Token = Token(1);
 pub(crate) const WAKER: Token = Token(2);
+/// The sequencer's fd (the daemon ring's UDP side); checked before client tokens.
+pub(crate) const RING: Token = Token(usize::MAX);
 const FIRST_CLIENT: usize = 3;
 
 /// The knobs the loop needs, resolved from config and profile.
@@ -161,11 +164,19 @@ impl Worker {
     pub(crate) fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(self.limits.poll_events);
         let mut ready: Vec<Token> = Vec::with_capacity(self.limits.poll_events);
+        let mut now = self.ring_now();
         while !self.stop.load(Ordering::Acquire) {
-            let busy = self.can_read
-                || (!self.paused && !self.read_queue.is_empty())
+            let held = self.sequencer.backpressured();
+            let busy = (self.can_read && !held)
+                || (!self.paused && !held && !self.read_queue.is_empty())
                 || !self.sessions.dirty.is_empty()
-                || !self.to_close.is_empty();
+                || !self.to_close.is_empty()
+                || self.sequencer.busy();
+            // The ring's timers (token retransmission, idle-token release).
+            let ring_wait = self
+                .sequencer
+                .next_deadline()
+                .map(|t| t.saturating_duration_since(now));
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else if self.paused || !self.lingering.is_empty() {
@@ -178,15 +189,22 @@ impl Worker {
             } else {
                 None
             };
+            let timeout = match (timeout, ring_wait) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            now = self.ring_now();
             ready.clear();
             for ev in events.iter() {
                 let token = ev.token();
-                if token.0 >= FIRST_CLIENT {
+                if token == RING {
+                    // Drained by `drive` below, every turn.
+                } else if token.0 >= FIRST_CLIENT {
                     let id = (token.0 - FIRST_CLIENT) as LocalId;
                     if ev.is_writable() {
                         self.sessions.mark_dirty(id);
@@ -207,6 +225,8 @@ impl Worker {
             }
             self.read_all();
             self.close_pending();
+            self.sequencer
+                .drive(now, &mut self.table, &mut self.sessions);
             self.flush_all();
             self.check_congestion();
             self.expire_lingering();
@@ -214,6 +234,12 @@ impl Worker {
         }
         self.shutdown();
         Ok(())
+    }
+
+    /// The clock as the ring reads it: time since the daemon started.
+    fn ring_now(&self) -> RingInstant {
+        let nanos = self.limits.started.elapsed().as_nanos();
+        RingInstant::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
     fn queue_read(&mut self, id: LocalId) {
@@ -308,13 +334,17 @@ impl Worker {
         let mut queue = std::mem::take(&mut self.read_queue);
         let mut keep = 0;
         self.can_read = false;
+        // The ring's send queue is full: read nobody (what they send waits in their
+        // sockets) until it drains; the events already taken are held, never dropped.
+        let held = self.sequencer.backpressured();
         for i in 0..queue.len() {
             let id = queue[i];
-            let eligible = !self.paused
-                || self
-                    .sessions
-                    .get(id)
-                    .is_some_and(|s| s.congested_since.is_some() || s.closing.is_some());
+            let eligible = !held
+                && (!self.paused
+                    || self
+                        .sessions
+                        .get(id)
+                        .is_some_and(|s| s.congested_since.is_some() || s.closing.is_some()));
             let more = !eligible || self.read_session(id);
             match self.sessions.get(id) {
                 Some(s) if more && s.closing.is_none() => {
@@ -328,7 +358,7 @@ impl Worker {
         }
         queue.truncate(keep);
         // Sessions queued while reading (newly accepted ones) go after the leftovers.
-        self.can_read |= !self.read_queue.is_empty() && !self.paused;
+        self.can_read |= !self.read_queue.is_empty() && !self.paused && !held;
         queue.append(&mut self.read_queue);
         self.read_queue = queue;
     }
@@ -613,6 +643,7 @@ impl Worker {
             &self.counters,
             self.table.stats(),
             self.sequencer.ordered(),
+            self.sequencer.status(),
         );
         if let Some(buf) = self.sessions.out(id) {
             encode::status(buf, &json);
@@ -634,6 +665,8 @@ impl Worker {
         self.to_close.push(id);
         if let Some(name) = self.names.get_mut(id as usize).and_then(Option::take) {
             self.by_name.remove(&name);
+            // The id may be reused before a ring orders the Disconnect.
+            self.table.unbind_local(&name, id);
             let event = Event::Disconnect { client: &name };
             self.sequencer
                 .submit(&event, &mut self.table, &mut self.sessions);

@@ -27,6 +27,8 @@ struct Cli {
 enum Command {
     /// Throughput (and latency) of one sender to one receiver through one daemon.
     Flood(FloodBench),
+    /// Three daemons joined by the token ring: a receiver on each, 1 or 3 senders.
+    Ring(conclave_tools::ring_bench::RingBench),
 }
 
 #[derive(Args)]
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Flood(args) => flood(args),
+        Command::Ring(args) => conclave_tools::ring_bench::run(args).map_err(|e| e as _),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
