@@ -13,6 +13,9 @@
 
 pub mod dh;
 pub mod envelope;
+pub mod modp;
+pub mod str_tree;
+pub mod tgdh;
 
 use std::fmt;
 
