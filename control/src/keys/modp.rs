@@ -244,20 +244,24 @@ fn jacobi(a: &BigUint, n: &BigUint) -> i8 {
         let tz = a.trailing_zeros().unwrap_or(0);
         if tz > 0 {
             a >>= tz;
-            let n_mod_8 = (&n % 8u8).to_u32_digits().first().copied().unwrap_or(0);
+            let n_mod_8 = low_bits(&n, 7);
             if tz % 2 == 1 && (n_mod_8 == 3 || n_mod_8 == 5) {
                 t = -t;
             }
         }
         std::mem::swap(&mut a, &mut n);
-        let a4 = (&a % 4u8).to_u32_digits().first().copied().unwrap_or(0);
-        let n4 = (&n % 4u8).to_u32_digits().first().copied().unwrap_or(0);
+        let a4 = low_bits(&a, 3);
+        let n4 = low_bits(&n, 3);
         if a4 == 3 && n4 == 3 {
             t = -t;
         }
         a %= &n;
     }
     if n == BigUint::from(1u8) { t } else { 0 }
+}
+
+fn low_bits(x: &BigUint, mask: u64) -> u64 {
+    x.iter_u64_digits().next().unwrap_or(0) & mask
 }
 
 fn params2048() -> &'static ModpParams<L2048> {

@@ -510,6 +510,7 @@ struct RunState<G: DhGroup> {
     group: String,
     epoch: u64,
     members: Vec<MemberId>,
+    member_set: HashSet<MemberId>,
     chain: Chain,
     tree: Option<RunTree<G::Element>>,
     /// My path, leaf first, and the secrets known on it.
@@ -518,6 +519,7 @@ struct RunState<G: DhGroup> {
     pending: Vec<(MemberId, Vec<Published>)>,
     last_seq: HashMap<MemberId, u32>,
     my_seq: u32,
+    leaf_published: bool,
     done: bool,
     stuck: bool,
 }
@@ -551,6 +553,9 @@ pub(crate) struct TreeEngine<G: DhGroup> {
     base: Option<TNode>,
     leaf_history: Vec<(Vec<u8>, G::Scalar)>,
     node_secrets: HashMap<Vec<u8>, G::Scalar>,
+    /// Decoded blinded keys of the last run, so unchanged co-path keys are not decoded
+    /// (and validated) again.
+    elem_cache: HashMap<Vec<u8>, G::Element>,
     run: Option<RunState<G>>,
     key: Option<GroupKey>,
 }
@@ -582,6 +587,7 @@ impl<G: DhGroup> TreeEngine<G> {
             base: None,
             leaf_history: Vec::new(),
             node_secrets: HashMap::new(),
+            elem_cache: HashMap::new(),
             run: None,
             key: None,
         }
@@ -668,7 +674,7 @@ impl<G: DhGroup> TreeEngine<G> {
         }
     }
 
-    fn new_leaf_secret(&mut self, rng: &mut dyn CryptoRngCore) -> Vec<u8> {
+    fn new_leaf_secret(&mut self, rng: &mut dyn CryptoRngCore) -> (Vec<u8>, G::Element) {
         let s = self.dh.random_scalar(rng);
         let bk = self.exp_generator(&s);
         let bytes = self.dh.encode_element(&bk);
@@ -677,7 +683,7 @@ impl<G: DhGroup> TreeEngine<G> {
             let (_, mut old) = self.leaf_history.remove(0);
             old.zeroize();
         }
-        bytes
+        (bytes, bk)
     }
 
     pub(crate) fn handle_view(
@@ -710,6 +716,11 @@ impl<G: DhGroup> TreeEngine<G> {
                         self.node_secrets.insert(bk.clone(), k.clone());
                     }
                 }
+                self.elem_cache = tree
+                    .nodes
+                    .iter()
+                    .filter_map(|n| Some((n.bk.clone()?, n.elem.clone()?)))
+                    .collect();
                 self.base = Some(tree.to_tree(tree.root));
             }
             old.wipe();
@@ -723,7 +734,7 @@ impl<G: DhGroup> TreeEngine<G> {
         let base = match restricted {
             Some(t) => t,
             None => {
-                let bk = self.new_leaf_secret(rng);
+                let (bk, _) = self.new_leaf_secret(rng);
                 TNode::leaf(me.clone(), bk)
             }
         };
@@ -732,6 +743,7 @@ impl<G: DhGroup> TreeEngine<G> {
             group: view.group.clone(),
             epoch: view.epoch,
             members: view.members.clone(),
+            member_set: view.members.iter().cloned().collect(),
             chain: Chain::default(),
             tree: None,
             path: Vec::new(),
@@ -739,6 +751,7 @@ impl<G: DhGroup> TreeEngine<G> {
             pending: Vec::new(),
             last_seq: HashMap::new(),
             my_seq: 0,
+            leaf_published: false,
             done: false,
             stuck: false,
         });
@@ -834,8 +847,9 @@ impl<G: DhGroup> TreeEngine<G> {
         let mut keys: Vec<Option<G::Scalar>> = vec![None; path.len()];
         let mut stuck = false;
         if sponsors.contains(&me) {
-            let bk = self.new_leaf_secret(rng);
+            let (bk, elem) = self.new_leaf_secret(rng);
             tree.nodes[my_leaf].bk = Some(bk);
+            tree.nodes[my_leaf].elem = Some(elem);
             keys[0] = self.leaf_history.last().map(|(_, s)| s.clone());
         } else {
             let bk = tree.nodes[my_leaf].bk.clone();
@@ -963,8 +977,17 @@ impl<G: DhGroup> TreeEngine<G> {
                 .children
                 .expect("path nodes above a leaf are inner");
             let sibling = if l == child { r } else { l };
+            let cached = tree.nodes[sibling]
+                .bk
+                .as_ref()
+                .and_then(|bk| self.elem_cache.get(bk));
             let sib_elem = match (&tree.nodes[sibling].elem, &tree.nodes[sibling].bk) {
                 (Some(e), _) => e.clone(),
+                (None, Some(_)) if cached.is_some() => {
+                    let e = cached.expect("checked").clone();
+                    tree.nodes[sibling].elem = Some(e.clone());
+                    e
+                }
                 (None, Some(bk)) => match self.dh.decode_element(bk) {
                     Ok(e) => {
                         tree.nodes[sibling].elem = Some(e.clone());
@@ -1019,9 +1042,9 @@ impl<G: DhGroup> TreeEngine<G> {
         let run = self.run.as_mut().expect("computing inside a run");
         if let Some(tree) = run.tree.as_mut() {
             let leaf = run.path[0];
-            if tree.nodes[leaf].publisher.as_ref() == Some(&me) && tree.nodes[leaf].elem.is_none() {
+            if tree.nodes[leaf].publisher.as_ref() == Some(&me) && !run.leaf_published {
+                run.leaf_published = true;
                 let bk = tree.nodes[leaf].bk.clone().expect("sponsor leaf key set");
-                tree.nodes[leaf].elem = self.dh.decode_element(&bk).ok();
                 published.insert(
                     0,
                     Published {
@@ -1086,7 +1109,7 @@ impl<G: DhGroup> TreeEngine<G> {
                 let unique: HashSet<&MemberId> = leaves.iter().collect();
                 if unique.len() != leaves.len()
                     || !leaves.contains(&env.sender)
-                    || leaves.iter().any(|m| !run.members.contains(m))
+                    || leaves.iter().any(|m| !run.member_set.contains(m))
                 {
                     return Err(KeyError::Unexpected("announced tree does not fit the view"));
                 }
@@ -1489,7 +1512,11 @@ mod tests {
             Err(KeyError::BadSignature(_))
         ));
         // Claimed by someone else than the transport says.
-        let other = if from == id("a") { id("b") } else { id("a") };
+        let other = ["a", "b", "c"]
+            .into_iter()
+            .map(id)
+            .find(|m| *m != from && *m != to)
+            .expect("three candidates");
         assert!(matches!(
             target.handle_message(&other, &bytes, &mut rand::rngs::OsRng),
             Err(KeyError::UnknownSender(_))
