@@ -1,2 +1,4 @@
 //! Conclave tools: shared helpers of the binaries.
 #![forbid(unsafe_code)]
+
+pub mod keys_bench;

@@ -686,6 +686,8 @@ pub struct EventCost {
     pub per_member: Vec<(MemberId, OpCounts)>,
     /// Messages sent (a broadcast counts once).
     pub messages: usize,
+    /// The slowest member's time in each round (their sum is `serial`).
+    pub round_serial: Vec<Duration>,
 }
 
 /// Plays events one at a time, round by round, timing each member's work: the harness of
@@ -794,7 +796,9 @@ impl Lockstep {
         const MAX_ROUNDS: usize = 10_000;
         loop {
             cost.rounds += 1;
-            cost.serial += round_times.iter().max().copied().unwrap_or_default();
+            let slowest = round_times.iter().max().copied().unwrap_or_default();
+            cost.serial += slowest;
+            cost.round_serial.push(slowest);
             cost.total += round_times.iter().sum::<Duration>();
             cost.serial_exponentiations += round_exps.iter().max().copied().unwrap_or_default();
             for (k, out) in outputs.drain(..) {
