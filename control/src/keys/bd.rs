@@ -43,6 +43,7 @@ pub struct Bd<G: DhGroup> {
     directory: Directory,
     run: Option<Run>,
     rounds: Option<Rounds<G>>,
+    public: Vec<(String, Vec<u8>)>,
     key: Option<GroupKey>,
     in_progress: bool,
 }
@@ -64,9 +65,16 @@ impl<G: DhGroup> Bd<G> {
             directory,
             run: None,
             rounds: None,
+            public: Vec::new(),
             key: None,
             in_progress: false,
         }
+    }
+
+    /// The public values of the last completed run, for known-answer vectors:
+    /// `z:<member>` then `X:<member>`, in view order.
+    pub fn public_values(&self) -> Vec<(String, Vec<u8>)> {
+        self.public.clone()
     }
 
     fn element_body(&self, e: &G::Element) -> Vec<u8> {
@@ -80,6 +88,17 @@ impl<G: DhGroup> Bd<G> {
             epoch,
             secret: self.dh.group.element_to_key(key_element),
         };
+        self.public.clear();
+        if let (Some(rounds), Some(run)) = (self.rounds.as_ref(), self.run.as_ref()) {
+            for (tag, values) in [("z", &rounds.z), ("X", &rounds.x)] {
+                for (m, v) in run.members.iter().zip(values) {
+                    if let Some(v) = v {
+                        self.public
+                            .push((format!("{tag}:{m}"), self.dh.group.encode_element(v)));
+                    }
+                }
+            }
+        }
         if let Some(rounds) = self.rounds.as_mut() {
             rounds.r.zeroize();
         }

@@ -15,7 +15,7 @@
 //! pairwise key of every member absent from a view, so a member that comes back (a fresh
 //! instance with a fresh blinded value) is asked again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -46,6 +46,8 @@ pub struct Ckd<G: DhGroup> {
     exponent: Option<(G::Scalar, G::Element)>,
     /// As controller: pairwise keys with members.
     pairwise: HashMap<MemberId, Zeroizing<[u8; 32]>>,
+    /// As controller: the members' blinded values (public), kept alongside `pairwise`.
+    blinded: BTreeMap<MemberId, Vec<u8>>,
     /// As member: the pairwise key with a controller, for its blinded value's encoding.
     with_controller: Option<(MemberId, Vec<u8>, Zeroizing<[u8; 32]>)>,
     /// As controller: members whose blinded value is still awaited.
@@ -72,12 +74,33 @@ impl<G: DhGroup> Ckd<G> {
             directory,
             exponent: None,
             pairwise: HashMap::new(),
+            blinded: BTreeMap::new(),
             with_controller: None,
             awaiting: Vec::new(),
             run: None,
             key: None,
             in_progress: false,
         }
+    }
+
+    /// Public values, for known-answer vectors: this member's blinded value
+    /// (`blinded:<me>`), then, as controller, the members' blinded values it holds, or, as
+    /// member, its controller's (`controller:<id>`).
+    pub fn public_values(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        if let Some((_, b)) = &self.exponent {
+            out.push((
+                format!("blinded:{}", self.identity.id()),
+                self.dh.group.encode_element(b),
+            ));
+        }
+        for (m, b) in &self.blinded {
+            out.push((format!("blinded:{m}"), b.clone()));
+        }
+        if let Some((c, b, _)) = &self.with_controller {
+            out.push((format!("controller:{c}"), b.clone()));
+        }
+        out
     }
 
     fn exponent(&mut self, rng: &mut dyn CryptoRngCore) -> (G::Scalar, G::Element) {
@@ -243,6 +266,8 @@ impl<G: DhGroup> Ckd<G> {
         let shared = self.dh.exp(&theirs, &mine);
         let key = self.derive_pairwise(self.identity.id(), from, &shared);
         self.pairwise.insert(from.clone(), key);
+        self.blinded
+            .insert(from.clone(), self.dh.group.encode_element(&theirs));
         self.awaiting.retain(|m| m != from);
         if self.awaiting.is_empty() {
             Ok(self.distribute(run, rng))
@@ -338,6 +363,7 @@ impl<G: DhGroup> KeyAgreement for Ckd<G> {
     ) -> Result<Output, KeyError> {
         let run = Run::start(self.run.as_ref(), view, self.identity.id())?;
         self.pairwise.retain(|m, _| run.members.contains(m));
+        self.blinded.retain(|m, _| run.members.contains(m));
         self.awaiting.clear();
         self.run = Some(run.clone());
         self.in_progress = true;

@@ -100,6 +100,16 @@ impl<G: DhGroup> Gdh<G> {
         }
     }
 
+    /// The public values of the last completed run, for known-answer vectors: every
+    /// member's partial key (`partial:<member>`), in view order.
+    pub fn public_values(&self) -> Vec<(String, Vec<u8>)> {
+        self.set
+            .iter()
+            .flat_map(|set| set.entries.iter())
+            .map(|(m, bytes)| (format!("partial:{m}"), bytes.clone()))
+            .collect()
+    }
+
     fn me_id(&self) -> MemberId {
         self.identity.id().clone()
     }
