@@ -541,6 +541,9 @@ struct RunState<G: DhGroup> {
     last_seq: HashMap<MemberId, u32>,
     my_seq: u32,
     leaf_published: bool,
+    /// The leaf key this member made for this very view (it had no tree): as a sponsor
+    /// it need not refresh that again.
+    fresh_leaf: Option<Vec<u8>>,
     done: bool,
     stuck: bool,
 }
@@ -752,10 +755,12 @@ impl<G: DhGroup> TreeEngine<G> {
             .take()
             .and_then(|b| b.restrict(&|m| in_view.contains(m)))
             .filter(|t| t.members().contains(&me));
+        let mut fresh_leaf = None;
         let base = match restricted {
             Some(t) => t,
             None => {
                 let (bk, _) = self.new_leaf_secret(rng);
+                fresh_leaf = Some(bk.clone());
                 TNode::leaf(me.clone(), bk)
             }
         };
@@ -776,6 +781,7 @@ impl<G: DhGroup> TreeEngine<G> {
             last_seq: HashMap::new(),
             my_seq: 0,
             leaf_published: false,
+            fresh_leaf,
             done: false,
             stuck: false,
         });
@@ -910,17 +916,28 @@ impl<G: DhGroup> TreeEngine<G> {
         let me = self.me().clone();
         let shape = self.shape;
         let mut tree = RunTree::flatten(&merged);
-        let sponsors = tree.plan(shape);
         let my_leaf = tree
             .leaf_of(&me)
             .ok_or(KeyError::Unexpected("settled tree lacks this member"))?;
+        let announced_leaf = tree.nodes[my_leaf].bk.clone();
+        let sponsors = tree.plan(shape);
+        let fresh = self.run.as_ref().and_then(|r| r.fresh_leaf.clone());
         let mut path = vec![my_leaf];
         while let Some(p) = tree.nodes[*path.last().expect("non-empty")].parent {
             path.push(p);
         }
         let mut keys: Vec<Option<G::Scalar>> = vec![None; path.len()];
         let mut stuck = false;
-        if sponsors.contains(&me) {
+        if sponsors.contains(&me) && announced_leaf.is_some() && announced_leaf == fresh {
+            // Already fresh: publish it again (as the sponsor) instead of refreshing.
+            keys[0] = self
+                .leaf_history
+                .iter()
+                .rev()
+                .find(|(b, _)| Some(b) == announced_leaf.as_ref())
+                .map(|(_, s)| s.clone());
+            tree.nodes[my_leaf].bk = announced_leaf;
+        } else if sponsors.contains(&me) {
             let (bk, elem) = self.new_leaf_secret(rng);
             tree.nodes[my_leaf].bk = Some(bk);
             tree.nodes[my_leaf].elem = Some(elem);
