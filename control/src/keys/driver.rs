@@ -11,7 +11,10 @@
 //! they must be refused as [`KeyError::StaleEpoch`]. At every quiet point (nothing in
 //! flight) it checks that every member of each component holds the same key for the
 //! component's last epoch, that this key differs from every key agreed before, and that
-//! the members who left cannot produce it.
+//! the members who left cannot produce it, even when their saved state is fed the new
+//! run's broadcasts under a view that pretends they are still members. A member that
+//! joins is a fresh instance that receives only the messages of runs from its first view
+//! on, and every key it ever holds is checked to be new.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -644,16 +647,32 @@ impl<G: DhGroup> Cascade<G> {
             }
             let departed = std::mem::take(&mut self.components[ci].departed);
             let broadcasts = std::mem::take(&mut self.components[ci].broadcasts);
+            let members = self.components[ci].members.clone();
             for d in departed {
                 let Some(instance) = self.departed.get_mut(&d) else {
                     continue;
                 };
                 let mut learned = instance.current_key().is_some_and(|k| k.secret == key);
+                // The departed member pretends it is still in the group: it takes a view of
+                // the new epoch with itself added, so the new run's broadcasts pass the
+                // run checks and reach its protocol state (its saved secrets). Whatever it
+                // computes from them must not be the new key.
+                let mut pretend = members.clone();
+                pretend.push(d.clone());
+                let view = View {
+                    group: GROUP.to_owned(),
+                    epoch,
+                    members: pretend,
+                };
+                if let Ok(out) = instance.handle_view(&view, &mut self.rng) {
+                    learned |= out.key.is_some_and(|k| k.secret == key);
+                }
                 for (from, bytes) in &broadcasts {
                     if let Ok(out) = instance.handle_message(from, bytes, &mut self.rng) {
                         learned |= out.key.is_some_and(|k| k.secret == key);
                     }
                 }
+                learned |= instance.current_key().is_some_and(|k| k.secret == key);
                 if learned {
                     return Err(Violation::DepartedLearnedKey {
                         step: self.step,
