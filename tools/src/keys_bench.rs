@@ -8,7 +8,10 @@
 //! what the previous round sent; the *serial* time is the sum over rounds of the slowest
 //! member's time (the critical path, what a group waits for when every member runs on
 //! its own machine) and the *total* is the CPU time of all members together. The median of
-//! the repetitions is reported. Build with `--release`.
+//! the repetitions is reported. Build with `--release`. The last two columns divide the
+//! serial time by what the critical path's exponentiation count predicts (count × the
+//! median time of one exponentiation in that group): near 1 means the run costs what its
+//! exponentiations cost; above 1 is the signatures, encodings and bookkeeping on top.
 //!
 //! Member work is timed with the thread's CPU clock, not the wall clock: on a shared
 //! machine a wall-clock interval that happens to include a preemption gains a whole
@@ -122,6 +125,8 @@ pub struct Point {
     pub add_serial_exps: u64,
     /// Remove: exponentiations on the critical path.
     pub remove_serial_exps: u64,
+    /// Median time of one exponentiation by a secret in this group, microseconds.
+    pub exp_us: f64,
     /// Add: rounds.
     pub add_rounds: usize,
     /// Remove: rounds.
@@ -162,6 +167,22 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// Median CPU time of one exponentiation of an element by a secret exponent in `dh`: the
+/// unit in which the papers count, to compare a run's serial time with its count.
+pub fn exp_time<G: DhGroup>(dh: &G, samples: usize) -> Duration {
+    let mut rng = rand::thread_rng();
+    let base = dh.exp_generator(&dh.random_scalar(&mut rng));
+    let k = dh.random_scalar(&mut rng);
+    let times = (0..samples.max(1))
+        .map(|_| {
+            let t0 = thread_cpu_time();
+            std::hint::black_box(dh.exp(std::hint::black_box(&base), &k));
+            thread_cpu_time() - t0
+        })
+        .collect();
+    median(times)
+}
+
 /// Measures one (protocol, group, size) point.
 pub fn measure<G: DhGroup>(
     protocol: Protocol,
@@ -192,10 +213,15 @@ pub fn measure<G: DhGroup>(
     }
     let pick =
         |costs: &[EventCost], f: fn(&EventCost) -> Duration| median(costs.iter().map(f).collect());
+    let exp_us = us(exp_time(
+        &dh,
+        if dh.name() == "ristretto255" { 101 } else { 9 },
+    ));
     Ok(Point {
         protocol: protocol.name(),
         group: dh.name(),
         size,
+        exp_us,
         add_serial_us: us(pick(&adds, |c| c.serial)),
         add_total_us: us(pick(&adds, |c| c.total)),
         remove_serial_us: us(pick(&removes, |c| c.serial)),
@@ -261,8 +287,10 @@ pub fn run(args: KeysArgs) -> Result<Summary, KeysBenchError> {
         for protocol in &protocols {
             for &size in sizes {
                 let p = measure_named(*protocol, group, size, reps)?;
+                // Measured serial time over what the serial exponentiation count predicts.
+                let ratio = |t: f64, exps: u64| t / (exps.max(1) as f64 * p.exp_us);
                 println!(
-                    "{:<6} {:<13} {:>5} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>6} {:>6}",
+                    "{:<6} {:<13} {:>5} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>6} {:>6} {:>7.2} {:>7.2}",
                     p.protocol,
                     p.group,
                     p.size,
@@ -271,7 +299,9 @@ pub fn run(args: KeysArgs) -> Result<Summary, KeysBenchError> {
                     p.remove_serial_us,
                     p.remove_total_us,
                     p.add_serial_exps,
-                    p.remove_serial_exps
+                    p.remove_serial_exps,
+                    ratio(p.add_serial_us, p.add_serial_exps),
+                    ratio(p.remove_serial_us, p.remove_serial_exps),
                 );
                 summary.points.push(p);
             }
