@@ -1577,10 +1577,35 @@ mod tests {
                 );
                 assert!(matches!(r, Err(KeyError::StaleEpoch { .. })), "{r:?}");
             }
-            net.settle(false);
+            // Record every message of the new run while delivering it.
+            let mut transcript: Vec<(MemberId, Vec<u8>)> = Vec::new();
+            for _ in 0..100_000 {
+                let Some((from, to, bytes)) = net.queue.front().cloned() else {
+                    break;
+                };
+                if !transcript.iter().any(|(f, b)| *f == from && *b == bytes) {
+                    transcript.push((from, bytes));
+                }
+                let _ = to;
+                net.step().expect("queued").expect("accepted");
+            }
             let key = net.common_key(&rest);
             assert!(seen.insert(key.secret));
             assert_eq!(net.insts[&leaver_id].current_key().cloned(), before);
+            // Worse: the leaver pretends it is still in the new view and feeds its saved
+            // state every broadcast of the new run. It still never gets the new key.
+            let mut pretend = net.views[&id(rest[0])].clone();
+            pretend.members.push(leaver_id.clone());
+            let leaver = net.insts.get_mut(&leaver_id).expect("kept");
+            let mut rng = rand::rngs::OsRng;
+            let mut got = leaver.handle_view(&pretend, &mut rng).expect("view").key;
+            for (from, bytes) in &transcript {
+                if let Ok(out) = leaver.handle_message(from, bytes, &mut rng) {
+                    got = got.or(out.key);
+                }
+            }
+            assert_ne!(got.map(|k| k.secret), Some(key.secret));
+            assert_ne!(leaver.current_key().map(|k| k.secret), Some(key.secret));
         }
     }
 
@@ -1612,9 +1637,31 @@ mod tests {
     #[test]
     fn new_member_never_outputs_an_earlier_key() {
         let mut net = Net::new(tgdh, &NAMES, 4);
-        let seen = grow(&mut net, 5);
+        let mut seen = grow(&mut net, 4);
+        // Record the last run before the join.
+        let old_view = net.view(&NAMES[..5]);
+        let mut old_transcript: Vec<(MemberId, Vec<u8>)> = Vec::new();
+        for _ in 0..100_000 {
+            let Some((from, _, bytes)) = net.queue.front().cloned() else {
+                break;
+            };
+            if !old_transcript
+                .iter()
+                .any(|(f, b)| *f == from && *b == bytes)
+            {
+                old_transcript.push((from, bytes));
+            }
+            net.step().expect("queued").expect("accepted");
+        }
+        let old_key = net.common_key(&NAMES[..5]);
+        seen.insert(old_key.secret);
         let before = net.history.len();
         net.view(&NAMES[..6]);
+        let new_transcript: Vec<(MemberId, Vec<u8>)> = net
+            .queue
+            .iter()
+            .map(|(f, _, b)| (f.clone(), b.clone()))
+            .collect();
         net.settle(false);
         let key = net.common_key(&NAMES[..6]);
         assert!(!seen.contains(&key.secret));
@@ -1625,6 +1672,32 @@ mod tests {
         assert_eq!(
             net.insts[&id("f")].current_key().map(|k| k.secret),
             Some(key.secret)
+        );
+        // Worse: a copy of the newcomer pretends it was in the previous view and is fed
+        // the whole previous run (and its join's messages, refused there as stale). It
+        // never gets the previous key.
+        let mut pretend = View {
+            group: "g".into(),
+            epoch: old_view,
+            members: NAMES[..5].iter().map(|m| id(m)).collect(),
+        };
+        pretend.members.push(id("f"));
+        let mut copy = Tgdh::new(
+            Ristretto255,
+            net.identities[&id("f")].clone(),
+            net.directory.clone(),
+        );
+        let mut rng = rand::rngs::OsRng;
+        let mut got = copy.handle_view(&pretend, &mut rng).expect("view").key;
+        for (from, bytes) in old_transcript.iter().chain(&new_transcript) {
+            if let Ok(out) = copy.handle_message(from, bytes, &mut rng) {
+                got = got.or(out.key);
+            }
+        }
+        assert_ne!(got.map(|k| k.secret), Some(old_key.secret));
+        assert!(
+            copy.current_key()
+                .is_none_or(|k| k.secret != old_key.secret)
         );
     }
 
