@@ -43,6 +43,10 @@ fn play_many(protocol: Protocol, seeds: u64, steps: usize) -> usize {
         "{}: no stale message was delivered",
         protocol.name()
     );
+    eprintln!(
+        "{}: {seeds} seeds x {steps} events, {cascades} cascades, {stale} stale messages refused",
+        protocol.name()
+    );
     cascades
 }
 
