@@ -73,6 +73,9 @@ pub struct ModpParams<const LIMBS: usize> {
     /// `2^(64*LIMBS) mod q`, to fold the high half of a wide hash.
     r_mod_q: DynResidue<LIMBS>,
     generator: DynResidue<LIMBS>,
+    /// `g^(j·16^i)` in Montgomery form at `[16·i + j]`, built on first use: a fixed-base
+    /// exponentiation is then one multiplication per 4-bit window of the exponent.
+    comb: OnceLock<Vec<Uint<LIMBS>>>,
     p_big: BigUint,
 }
 
@@ -93,6 +96,7 @@ impl<const LIMBS: usize> ModpParams<LIMBS> {
             q_mont,
             r_mod_q,
             generator,
+            comb: OnceLock::new(),
             p_big,
         }
     }
@@ -127,8 +131,43 @@ impl<const LIMBS: usize> ModpParams<LIMBS> {
         base.pow(k).retrieve()
     }
 
+    fn comb(&self) -> &[Uint<LIMBS>] {
+        self.comb.get_or_init(|| {
+            let windows = LIMBS * 16;
+            let mut table = Vec::with_capacity(windows * 16);
+            let mut base = self.generator;
+            for _ in 0..windows {
+                let mut acc = DynResidue::one(self.p_mont);
+                for _ in 0..16 {
+                    table.push(*acc.as_montgomery());
+                    acc = acc.mul(&base);
+                }
+                // acc = base^16: the next window's base.
+                base = acc;
+            }
+            table
+        })
+    }
+
+    /// `g^k` with the precomputed table: for each 4-bit window of `k`, every entry of
+    /// the window's row is scanned and the matching one kept by constant-time select,
+    /// then multiplied in; the work and memory accesses do not depend on `k`.
     fn exp_generator(&self, k: &Uint<LIMBS>) -> Uint<LIMBS> {
-        self.exp(&self.generator, k)
+        use crypto_bigint::subtle::{ConditionallySelectable, ConstantTimeEq};
+        let table = self.comb();
+        let mut acc = DynResidue::one(self.p_mont);
+        for (w, word) in k.as_words().iter().enumerate() {
+            for nib in 0..16 {
+                let digit = ((word >> (4 * nib)) & 0xf) as u8;
+                let row = &table[(w * 16 + nib) * 16..][..16];
+                let mut pick = row[0];
+                for (j, entry) in row.iter().enumerate().skip(1) {
+                    pick.conditional_assign(entry, (j as u8).ct_eq(&digit));
+                }
+                acc = acc.mul(&DynResidue::from_montgomery(pick, self.p_mont));
+            }
+        }
+        acc.retrieve()
     }
 
     fn exp_element(&self, base: &Uint<LIMBS>, k: &Uint<LIMBS>) -> Uint<LIMBS> {
@@ -498,6 +537,29 @@ mod tests {
             let expected = if euler == BigUint::from(1u8) { 1 } else { -1 };
             assert_eq!(jacobi(&x, &p), expected);
         }
+    }
+
+    #[test]
+    fn fixed_base_table_agrees_with_plain_exponentiation() {
+        let g = Modp2048;
+        let p = big(g.params().p());
+        let q = big(g.params().q());
+        let mut rng = ChaCha20Rng::seed_from_u64(13);
+        let mut exps: Vec<BigUint> = vec![BigUint::from(1u8), BigUint::from(16u8), &q - 1u8];
+        for _ in 0..3 {
+            exps.push(big(&g.random_scalar(&mut rng)));
+        }
+        for e in exps {
+            let mut bytes = e.to_bytes_be();
+            let mut k = vec![0u8; 256 - bytes.len()];
+            k.append(&mut bytes);
+            let k = Uint::from_be_slice(&k);
+            assert_eq!(big(&g.exp_generator(&k)), BigUint::from(2u8).modpow(&e, &p));
+        }
+        let g3 = Modp3072;
+        let k = g3.random_scalar(&mut rng);
+        let two = Uint::from_u8(2);
+        assert_eq!(g3.exp_generator(&k), g3.exp(&two, &k));
     }
 
     #[test]
