@@ -52,27 +52,27 @@ fn play_many(protocol: Protocol, seeds: u64, steps: usize) -> usize {
 
 #[test]
 fn gdh_cascades() {
-    play_many(Protocol::Gdh, cascades_per_protocol(2), 25);
+    play_many(Protocol::Gdh, cascades_per_protocol(2), 14);
 }
 
 #[test]
 fn bd_cascades() {
-    play_many(Protocol::Bd, cascades_per_protocol(2), 25);
+    play_many(Protocol::Bd, cascades_per_protocol(2), 14);
 }
 
 #[test]
 fn ckd_cascades() {
-    play_many(Protocol::Ckd, cascades_per_protocol(2), 25);
+    play_many(Protocol::Ckd, cascades_per_protocol(2), 14);
 }
 
 #[test]
 fn tgdh_cascades() {
-    play_many(Protocol::Tgdh, cascades_per_protocol(2), 25);
+    play_many(Protocol::Tgdh, cascades_per_protocol(2), 14);
 }
 
 #[test]
 fn str_cascades() {
-    play_many(Protocol::Str, cascades_per_protocol(2), 25);
+    play_many(Protocol::Str, cascades_per_protocol(2), 14);
 }
 
 /// Thousands of cascades per protocol; slow in debug builds, so run on demand (in
@@ -87,7 +87,7 @@ fn thousands_of_cascades_per_protocol() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 6, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 4, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Any seed, universe and cascade rate: the properties hold at every quiet point.
     #[test]

@@ -42,7 +42,7 @@ fn ops_of(cost: &EventCost, member: usize) -> OpCounts {
 
 #[test]
 fn gdh_join_and_leave_match_cliques_table() {
-    for n in [3usize, 5, 8, 16] {
+    for n in [3usize, 5, 8, 12] {
         // Join: n members after the event, as the paper counts.
         let mut h = grown(Protocol::Gdh, n - 1);
         let after: Vec<usize> = (0..n).collect();
@@ -147,7 +147,7 @@ fn ckd_controller_costs() {
 /// `3h/2`; the serial count (sponsor, then the other members' path) stays below `3h + 2`.
 #[test]
 fn tgdh_costs_are_logarithmic() {
-    for n in [8usize, 16, 32] {
+    for n in [8usize, 16] {
         let h = (n as f64).log2().ceil() as u64;
         let mut harness = grown(Protocol::Tgdh, n - 1);
         let after: Vec<usize> = (0..n).collect();
