@@ -390,7 +390,7 @@ pub fn render_svg(summary: &Summary) -> String {
         let (ly0, ly1) = (lo.log10().floor(), hi.log10().ceil());
         let (lx0, lx1) = (2f64.log2(), max_size.max(4.0).log2());
         let x = |n: f64| ox + (n.log2() - lx0) / (lx1 - lx0) * pw;
-        let y = |v: f64| oy + ph - (v.max(lo).log10() - ly0) / (ly1 - ly0) * ph;
+        let y = |v: f64| oy + ph - (v.max(10f64.powf(ly0)).log10() - ly0) / (ly1 - ly0) * ph;
         let _ = writeln!(
             s,
             r#"<rect x="{ox}" y="{oy}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
