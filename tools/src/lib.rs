@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod flood;
+pub mod keys_bench;
 pub mod ring_bench;
 
 use std::path::{Path, PathBuf};

@@ -39,6 +39,16 @@ pub trait DhGroup: Clone + Send + Sync + Debug + 'static {
     /// `a * b` modulo the group order.
     fn mul_scalars(&self, a: &Self::Scalar, b: &Self::Scalar) -> Self::Scalar;
 
+    /// The exponent `n` (a small public integer, e.g. a group size).
+    fn scalar_from_u64(&self, n: u64) -> Self::Scalar;
+
+    /// The group operation on two public elements: `a * b` (Burmester–Desmedt).
+    fn mul_elements(&self, a: &Self::Element, b: &Self::Element) -> Self::Element;
+
+    /// The inverse of a public element: `a^-1` (Burmester–Desmedt). Public data, so this
+    /// need not be constant-time.
+    fn invert_element(&self, a: &Self::Element) -> Self::Element;
+
     /// Maps an element to an exponent by hashing its encoding (TGDH's node secrets).
     fn element_to_scalar(&self, e: &Self::Element) -> Self::Scalar;
 
@@ -99,6 +109,19 @@ impl DhGroup for Ristretto255 {
 
     fn mul_scalars(&self, a: &Scalar, b: &Scalar) -> Scalar {
         a * b
+    }
+
+    fn scalar_from_u64(&self, n: u64) -> Scalar {
+        Scalar::from(n)
+    }
+
+    fn mul_elements(&self, a: &RistrettoPoint, b: &RistrettoPoint) -> RistrettoPoint {
+        // The curve group is written additively: the group operation is point addition.
+        a + b
+    }
+
+    fn invert_element(&self, a: &RistrettoPoint) -> RistrettoPoint {
+        -a
     }
 
     fn element_to_scalar(&self, e: &RistrettoPoint) -> Scalar {

@@ -11,10 +11,19 @@
 //! for the new membership (the cascading-events rule of the Secure Spread paper, §5.4);
 //! messages of the abandoned run are then stale and rejected by epoch.
 
+pub mod bd;
+pub mod ckd;
 pub mod dh;
+pub mod driver;
 pub mod envelope;
+pub mod gdh;
+pub mod modp;
+pub mod str_tree;
+mod support;
+pub mod tgdh;
 
 use std::fmt;
+use std::sync::Arc;
 
 use rand_core::CryptoRngCore;
 use thiserror::Error;
@@ -254,4 +263,21 @@ pub trait KeyAgreement: Send {
 
     /// Operation counts since this instance was created.
     fn op_counts(&self) -> OpCounts;
+}
+
+/// Makes a protocol instance for `identity`: the one place that maps a [`Protocol`] to its
+/// implementation, so drivers, daemons and clients can pick the protocol at run time.
+pub fn new_instance<G: DhGroup>(
+    protocol: Protocol,
+    group: G,
+    identity: Arc<Identity>,
+    directory: Directory,
+) -> Box<dyn KeyAgreement> {
+    match protocol {
+        Protocol::Gdh => Box::new(gdh::Gdh::new(group, identity, directory)),
+        Protocol::Bd => Box::new(bd::Bd::new(group, identity, directory)),
+        Protocol::Ckd => Box::new(ckd::Ckd::new(group, identity, directory)),
+        Protocol::Tgdh => Box::new(tgdh::Tgdh::new(group, identity, directory)),
+        Protocol::Str => Box::new(str_tree::Str::new(group, identity, directory)),
+    }
 }

@@ -3,7 +3,8 @@
 //! `conclave-bench flood` starts a `conclaved` from the same target directory, then for
 //! each transport x size runs one receiver and one sender process (`conclave flood`),
 //! repeats each configuration, and reports medians (min-max) at the receiver as a table,
-//! a CSV and an SVG plot. Further subcommands (`keys`, `ring`) slot into [`Command`].
+//! a CSV and an SVG plot. `conclave-bench ring` does the same for three daemons joined by the token ring, and
+//! `conclave-bench keys` measures group key agreement (`conclave_tools::keys_bench`).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -29,6 +30,9 @@ enum Command {
     Flood(FloodBench),
     /// Three daemons joined by the token ring: a receiver on each, 1 or 3 senders.
     Ring(conclave_tools::ring_bench::RingBench),
+    /// Key agreement: serial time and total CPU per membership event vs group size, for
+    /// every protocol and DH group; prints a table and writes an SVG plot.
+    Keys(conclave_tools::keys_bench::KeysArgs),
 }
 
 #[derive(Args)]
@@ -75,6 +79,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Flood(args) => flood(args),
         Command::Ring(args) => conclave_tools::ring_bench::run(args).map_err(|e| e as _),
+        Command::Keys(args) => conclave_tools::keys_bench::run(args)
+            .map(|_| ())
+            .map_err(|e| e.into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
