@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use rand_core::CryptoRngCore;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::envelope::{BodyReader, BodyWriter};
 use super::support::{Counted, Run};
@@ -123,7 +123,7 @@ impl<G: DhGroup> Bd<G> {
         }
         if n == 2 {
             let other = rounds.z[1 - i].clone().expect("checked above");
-            let r = rounds.r.clone();
+            let r = Zeroizing::new(rounds.r.clone());
             let shared = self.dh.exp(&other, &r);
             out.key = Some(self.complete(run.epoch, &shared));
             return out;
@@ -131,7 +131,7 @@ impl<G: DhGroup> Bd<G> {
         let prev = rounds.z[(i + n - 1) % n].clone().expect("checked above");
         if !rounds.sent_x {
             let next = rounds.z[(i + 1) % n].clone().expect("checked above");
-            let r = rounds.r.clone();
+            let r = Zeroizing::new(rounds.r.clone());
             let ratio = self
                 .dh
                 .group
@@ -155,12 +155,12 @@ impl<G: DhGroup> Bd<G> {
             return out;
         }
         let xs: Vec<G::Element> = rounds.x.iter().flatten().cloned().collect();
-        let mut exponent = self
-            .dh
-            .group
-            .mul_scalars(&rounds.r, &self.dh.group.scalar_from_u64(n as u64));
+        let exponent = Zeroizing::new(
+            self.dh
+                .group
+                .mul_scalars(&rounds.r, &self.dh.group.scalar_from_u64(n as u64)),
+        );
         let mut acc = self.dh.exp(&prev, &exponent);
-        exponent.zeroize();
         // Σ_{j=0}^{n-2} (n-1-j)·X_{i+j} as a sum of the prefix products X_i⋯X_{i+k}.
         let mut prefix = xs[i].clone();
         acc = self.dh.group.mul_elements(&acc, &prefix);

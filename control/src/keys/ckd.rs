@@ -103,13 +103,15 @@ impl<G: DhGroup> Ckd<G> {
         out
     }
 
-    fn exponent(&mut self, rng: &mut dyn CryptoRngCore) -> (G::Scalar, G::Element) {
+    /// This member's exponent (a self-wiping copy) and blinded value, made on first use.
+    fn exponent(&mut self, rng: &mut dyn CryptoRngCore) -> (Zeroizing<G::Scalar>, G::Element) {
         if self.exponent.is_none() {
             let r = self.dh.group.random_scalar(rng);
             let blinded = self.dh.exp_generator(&r);
             self.exponent = Some((r, blinded));
         }
-        self.exponent.clone().expect("set above")
+        let (r, blinded) = self.exponent.as_ref().expect("set above");
+        (Zeroizing::new(r.clone()), blinded.clone())
     }
 
     /// The symmetric key of the pair (controller, member) from their DH element; both ends
@@ -165,9 +167,10 @@ impl<G: DhGroup> Ckd<G> {
     fn distribute(&mut self, run: &Run, rng: &mut dyn CryptoRngCore) -> Output {
         let mut secret = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(secret.as_mut_slice());
-        let (_, blinded) = self
+        let blinded = self
             .exponent
-            .clone()
+            .as_ref()
+            .map(|(_, b)| b.clone())
             .expect("the controller made its exponent");
         let mut w = BodyWriter::new();
         w.bytes(&self.dh.group.encode_element(&blinded));

@@ -30,7 +30,7 @@
 use std::sync::Arc;
 
 use rand_core::CryptoRngCore;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::envelope::{BodyReader, BodyWriter};
 use super::support::{Counted, Run};
@@ -118,10 +118,13 @@ impl<G: DhGroup> Gdh<G> {
         self.run.clone().ok_or(KeyError::Unexpected("no view yet"))
     }
 
-    fn share(&self) -> G::Scalar {
-        self.share
-            .clone()
-            .expect("a share is chosen on the first view")
+    /// A copy of the share that wipes itself when dropped.
+    fn share(&self) -> Zeroizing<G::Scalar> {
+        Zeroizing::new(
+            self.share
+                .clone()
+                .expect("a share is chosen on the first view"),
+        )
     }
 
     fn set_share(&mut self, new: G::Scalar) {
@@ -261,7 +264,7 @@ impl<G: DhGroup> Gdh<G> {
     ) -> Output {
         let me = self.me_id();
         let old_share = self.share();
-        let new_share = self.dh.group.random_scalar(rng);
+        let new_share = Zeroizing::new(self.dh.group.random_scalar(rng));
         let newcomers: Vec<MemberId> = run
             .members
             .iter()
@@ -273,7 +276,7 @@ impl<G: DhGroup> Gdh<G> {
             // Full upflow through everybody else, from g^N'.
             let chain: Vec<MemberId> = run.members.iter().filter(|m| **m != me).cloned().collect();
             let partial = self.dh.exp_generator(&new_share);
-            self.set_share(new_share);
+            self.set_share((*new_share).clone());
             if chain.is_empty() {
                 let one = self.dh.group.scalar_from_u64(1);
                 let generator = self.dh.group.exp_generator(&one);
@@ -303,10 +306,8 @@ impl<G: DhGroup> Gdh<G> {
             .expect("the starter is in its own group");
         if newcomers.is_empty() {
             // Leave, partition or refresh: re-key alone (§4.3).
-            let ratio = self
-                .dh
-                .group
-                .mul_scalars(&new_share, &self.dh.group.invert(&old_share));
+            let inverse = Zeroizing::new(self.dh.group.invert(&old_share));
+            let ratio = Zeroizing::new(self.dh.group.mul_scalars(&new_share, &inverse));
             let mut entries = Vec::with_capacity(run.members.len());
             for id in &run.members {
                 let (_, p) = set
@@ -321,7 +322,7 @@ impl<G: DhGroup> Gdh<G> {
                 entries.push((id.clone(), self.dh.group.encode_element(&p)));
             }
             let key_element = self.dh.exp(&mine, &new_share);
-            self.set_share(new_share);
+            self.set_share((*new_share).clone());
             let msg = self.final_message(run, &entries);
             let key = self.finish(
                 &key_element,
@@ -337,7 +338,7 @@ impl<G: DhGroup> Gdh<G> {
         }
         // Join or merge: the partial secret with the new share goes up the newcomers.
         let partial = self.dh.exp(&mine, &new_share);
-        self.set_share(new_share);
+        self.set_share((*new_share).clone());
         let msg = self.upflow_message(run, &newcomers, 0, &partial);
         Output {
             sends: vec![msg],
@@ -403,9 +404,8 @@ impl<G: DhGroup> Gdh<G> {
         if !matches!(self.phase, Phase::Waiting) {
             return Err(KeyError::Unexpected("factor request to the controller"));
         }
-        let mut inverse = self.dh.group.invert(&self.share());
+        let inverse = Zeroizing::new(self.dh.group.invert(&self.share()));
         let value = self.dh.exp(&partial, &inverse);
-        inverse.zeroize();
         let mut w = BodyWriter::new();
         w.bytes(&self.dh.group.encode_element(&value));
         Ok(Output {
