@@ -1,10 +1,14 @@
 //! The daemon runtime: listeners, the data-plane worker and its client sessions.
 //!
-//! Threads (DESIGN §3, sized for one daemon): the caller's thread is the control thread —
-//! it owns the configuration and signals and stops the daemon through a [`Stopper`]; one
-//! data-plane worker thread runs the event loop over every client session (client
-//! sessions run on one worker, so the daemon is correct with `workers = 1`; further
-//! workers are reserved for the ring's datagram path).
+//! Threads (DESIGN §3): a control-plane thread (module `control`) owns shutdown and
+//! status aggregation; it talks to the data-plane workers over bounded crossbeam queues
+//! and wakes them through their mio wakers. A [`Stopper`] (e.g. in the binary's signal
+//! thread) asks the control plane to stop, which tells every worker. Worker 0, the order
+//! worker, runs the event loop over the listeners, every client session, the group table
+//! and the sequencer; each worker pins itself to core `index % cores` when the profile's
+//! `pin_workers` is set. A profile's `workers > 1` still runs one worker: sharding client
+//! sessions over session workers is the next step (the queues and the control plane
+//! already address workers by index).
 //!
 //! With one daemon in the configuration, events are ordered on the spot
 //! ([`LocalSequencer`]). With several, the worker also drives the daemon ring
@@ -23,6 +27,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod control;
 pub mod net;
 mod session;
 mod status;
@@ -35,7 +40,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -46,6 +51,8 @@ use thiserror::Error;
 
 use crate::config::{Config, ConfigError, Profile};
 use crate::core::{GroupTable, LocalSequencer, TableConfig};
+pub use control::WorkerStatus;
+use control::{ControlLink, ControlPlane, Request, WorkerFailure, WorkerPort, WorkerReport};
 use worker::{Limits, RING, TCP_LISTENER, UNIX_LISTENER, WAKER, Worker};
 
 /// Why the daemon could not start or stopped with a failure.
@@ -83,28 +90,27 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError
 #[derive(Debug)]
 pub struct Daemon;
 
-/// Raises the stop flag of a running daemon from any thread (e.g. a signal thread).
+/// Asks a running daemon's control plane to stop, from any thread (e.g. a signal thread).
 #[derive(Debug, Clone)]
 pub struct Stopper {
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    link: ControlLink,
 }
 
 impl Stopper {
     /// Asks the daemon to say goodbye to its clients and exit; returns at once.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
-        if let Err(e) = self.waker.wake() {
-            tracing::error!("cannot wake the worker: {e}");
-        }
+        self.link.stop();
     }
 }
+
+/// How long [`DaemonHandle::worker_status`] waits for the control plane's answer.
+const STATUS_WAIT: Duration = Duration::from_secs(5);
 
 /// A running daemon.
 #[derive(Debug)]
 pub struct DaemonHandle {
     stopper: Stopper,
-    worker: Option<JoinHandle<Result<(), DaemonError>>>,
+    control: Option<JoinHandle<Result<(), DaemonError>>>,
     unix_socket: Option<PathBuf>,
     tcp_address: Option<SocketAddr>,
     name: String,
@@ -143,9 +149,26 @@ impl DaemonHandle {
         self.stopper.clone()
     }
 
+    /// A snapshot of every running worker, collected by the control plane (empty once
+    /// the daemon has stopped or if the control plane does not answer in time).
+    pub fn worker_status(&self) -> Vec<WorkerStatus> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let request = Request::Status(tx);
+        if self
+            .stopper
+            .link
+            .requests
+            .send_timeout(request, STATUS_WAIT)
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.recv_timeout(STATUS_WAIT).unwrap_or_default()
+    }
+
     /// Waits until the daemon stops (after [`Stopper::stop`] or a fatal error).
     pub fn wait(mut self) -> Result<(), DaemonError> {
-        match self.worker.take().map(JoinHandle::join) {
+        match self.control.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(DaemonError::WorkerPanicked),
             None => Ok(()),
@@ -161,9 +184,9 @@ impl DaemonHandle {
 
 impl Drop for DaemonHandle {
     fn drop(&mut self) {
-        if let Some(worker) = self.worker.take() {
+        if let Some(control) = self.control.take() {
             self.stopper.stop();
-            let _ = worker.join();
+            let _ = control.join();
         }
     }
 }
@@ -227,10 +250,10 @@ impl Daemon {
             reads_per_turn: profile.reads_per_turn,
             write_chunk: profile.write_chunk_bytes,
             poll_events: profile.poll_events,
+            workers: profile.workers,
             sndbuf: profile.socket_send_buffer,
             rcvbuf: profile.socket_recv_buffer,
         };
-        let stop = Arc::new(AtomicBool::new(false));
         let unix_socket = unix
             .as_ref()
             .map(|(_, p): &(UnixListener, PathBuf)| p.clone());
@@ -259,19 +282,41 @@ impl Daemon {
                 .register(&mut mio::unix::SourceFd(&fd), RING, Interest::READABLE)
                 .map_err(io_err("registering the ring socket"))?;
         }
-        let worker = Worker::new(poll, unix, tcp, table, sequencer, limits, stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("conclave-worker-0".into())
-            .spawn(move || {
-                if pin {
-                    pin_to_core(0);
-                }
-                worker.run().map_err(io_err("event loop"))
-            })
-            .map_err(io_err("spawning the worker thread"))?;
+
+        // One worker runs today; the queues are sized per worker so more slot in.
+        let running = 1;
+        let (report_tx, report_rx) = crossbeam_channel::bounded(running * 4);
+        let (request_tx, request_rx) = crossbeam_channel::bounded(control::REQUEST_QUEUE);
+        let (link, commands) = control::worker_queues(0, report_tx);
+        let mut port = WorkerPort::new(commands, waker);
+        let worker = Worker::new(poll, unix, tcp, table, sequencer, limits, link);
+        port.thread = Some(
+            std::thread::Builder::new()
+                .name("conclave-worker-0".into())
+                .spawn(move || run_worker(worker, pin))
+                .map_err(io_err("spawning the worker thread"))?,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let plane = ControlPlane {
+            requests: request_rx,
+            reports: report_rx,
+            stop: stop.clone(),
+            workers: vec![port],
+        };
+        // If this spawn fails the worker's command queue closes with `plane`, which the
+        // worker takes as a stop: it says goodbye and exits on its own.
+        let control = std::thread::Builder::new()
+            .name("conclave-control".into())
+            .spawn(move || plane.run())
+            .map_err(io_err("spawning the control-plane thread"))?;
         Ok(DaemonHandle {
-            stopper: Stopper { stop, waker },
-            worker: Some(thread),
+            stopper: Stopper {
+                link: ControlLink {
+                    requests: request_tx,
+                    stop,
+                },
+            },
+            control: Some(control),
             unix_socket,
             tcp_address,
             name: config.me.clone(),
@@ -279,17 +324,40 @@ impl Daemon {
     }
 }
 
-fn pin_to_core(index: usize) {
+/// A worker thread's body: pin, run the loop, and always tell the control plane how it
+/// ended (a panic included, so the control plane never waits for a dead worker).
+fn run_worker(mut worker: Worker, pin: bool) {
+    let index = worker.index();
+    if pin {
+        worker.set_core(pin_to_core(index));
+    }
+    let reports = worker.reports();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+    let result = match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(WorkerFailure::Io(e)),
+        Err(_) => Err(WorkerFailure::Panicked),
+    };
+    let _ = reports.try_send(WorkerReport::Exited { index, result });
+}
+
+/// Pins the calling thread to core `index % cores`; the core, if pinned.
+fn pin_to_core(index: usize) -> Option<usize> {
     match core_affinity::get_core_ids() {
         Some(ids) if !ids.is_empty() => {
             let id = ids[index % ids.len()];
             if core_affinity::set_for_current(id) {
-                tracing::info!(core = id.id, "worker pinned");
+                tracing::info!(worker = index, core = id.id, "worker pinned");
+                Some(id.id)
             } else {
-                tracing::warn!(core = id.id, "could not pin the worker");
+                tracing::warn!(worker = index, core = id.id, "could not pin the worker");
+                None
             }
         }
-        _ => tracing::warn!("no core list; the worker is not pinned"),
+        _ => {
+            tracing::warn!(worker = index, "no core list; the worker is not pinned");
+            None
+        }
     }
 }
 

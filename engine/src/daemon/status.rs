@@ -59,6 +59,10 @@ pub(crate) struct Settings<'a> {
     pub max_payload: usize,
     pub queue_limit: usize,
     pub pause_mark: usize,
+    /// The profile's `workers`.
+    pub workers_configured: usize,
+    /// A snapshot of each running worker.
+    pub workers: &'a [super::WorkerStatus],
 }
 
 /// One client's line in the status report.
@@ -146,6 +150,19 @@ pub(crate) fn render(
             "status_requests": c.status_requests,
             "read_pauses": c.read_pauses,
         },
+    });
+    // `configured` is the profile's count; `running` what the daemon runs (one, until
+    // client sessions are sharded over session workers).
+    doc["workers"] = json!({
+        "configured": daemon.workers_configured,
+        "running": daemon.workers.len(),
+        "threads": daemon.workers.iter().map(|w| json!({
+            "index": w.index,
+            "role": w.role,
+            "core": w.core,
+            "cycles": w.cycles,
+            "clients": w.clients,
+        })).collect::<Vec<_>>(),
     });
     // A single daemon orders locally and has no ring to report.
     doc["ring"] = ring.unwrap_or_else(|| json!({"mode": "local"}));

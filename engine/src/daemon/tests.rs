@@ -653,3 +653,82 @@ fn oversize_over_tcp_with_more_input_behind_it_still_reads_the_error() {
     assert_eq!(t.try_next(), None);
     d.shutdown().unwrap();
 }
+
+fn start_tuned(dir: &Path, tune: impl FnOnce(&mut Profile)) -> DaemonHandle {
+    let c = config(dir, "");
+    let mut p = c.load_profile().unwrap();
+    tune(&mut p);
+    Daemon::start(c, p).unwrap()
+}
+
+#[test]
+fn the_control_plane_collects_worker_snapshots_and_status_shows_each_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_tuned(dir.path(), |p| p.workers = 2);
+    let sock = d.unix_socket().unwrap().to_owned();
+    let (mut a, _) = Client::hello(&sock, "a");
+    let (_b, _) = Client::hello(&sock, "b");
+    // Welcomed clients are live sessions before the snapshot is asked for.
+    a.send(|w| encode::join(w, "g"));
+    assert!(matches!(a.next(), Got::View(..)));
+
+    let first = d.worker_status();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let w = &first[0];
+    assert_eq!((w.index, w.role, w.core, w.clients), (0, "order", None, 2));
+    // Each snapshot request wakes the worker for a cycle of its own.
+    let second = d.worker_status();
+    assert!(second[0].cycles > w.cycles, "{first:?} then {second:?}");
+
+    let s = a.status();
+    assert_eq!(s["workers"]["configured"], 2);
+    assert_eq!(s["workers"]["running"], 1);
+    let threads = s["workers"]["threads"].as_array().unwrap();
+    assert_eq!(threads.len(), 1);
+    assert_eq!(threads[0]["index"], 0);
+    assert_eq!(threads[0]["role"], "order");
+    assert_eq!(threads[0]["clients"], 2);
+    assert!(threads[0]["core"].is_null());
+    assert!(threads[0]["cycles"].as_u64().unwrap() > second[0].cycles);
+
+    // A stop from another thread goes through the control plane to the worker.
+    let stopper = d.stopper();
+    std::thread::spawn(move || stopper.stop()).join().unwrap();
+    assert_eq!(a.next(), Got::Goodbye("daemon shutting down".into()));
+    d.wait().unwrap();
+    assert!(!sock.exists());
+}
+
+#[test]
+fn a_pinned_worker_reports_its_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start_tuned(dir.path(), |p| p.pin_workers = true);
+    let want = core_affinity::get_core_ids()
+        .and_then(|ids| ids.first().copied())
+        .map(|id| id.id);
+    let got = d.worker_status();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].core, want);
+    assert!(want.is_some(), "this machine lists no cores");
+    let sock = d.unix_socket().unwrap().to_owned();
+    let (mut a, _) = Client::hello(&sock, "a");
+    assert_eq!(a.status()["workers"]["threads"][0]["core"], want.unwrap());
+    d.shutdown().unwrap();
+}
+
+#[test]
+fn status_requests_after_the_daemon_stopped_answer_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "");
+    let stopper = d.stopper();
+    stopper.stop();
+    // Repeated stops are harmless.
+    stopper.stop();
+    let deadline = Instant::now() + WAIT;
+    // Bounded: the control plane exits once its worker has said goodbye.
+    while !d.worker_status().is_empty() {
+        assert!(Instant::now() < deadline, "the daemon did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.wait().unwrap();
+}

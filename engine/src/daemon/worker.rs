@@ -1,7 +1,8 @@
 //! The data-plane worker: one mio (epoll, edge-triggered) loop over the listeners and all
 //! client sessions.
 //!
-//! A turn: poll; accept; read every readable client (a bounded number of big reads each,
+//! A turn (one cycle): poll; read the clock once (every deadline of the cycle uses that
+//! reading); take the control plane's commands; accept (bounded); read every readable client (a bounded number of big reads each,
 //! for fairness) and handle every whole frame in what was read, encoding deliveries
 //! straight into the recipients' output queues; end the sessions that must end; then
 //! write each client's queue with as few writes as the socket allows. While some client's
@@ -12,8 +13,6 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use conclave_control::wire::client::{
@@ -24,6 +23,7 @@ use conclave_control::wire::names;
 use mio::net::{TcpListener, UnixListener};
 use mio::{Events, Interest, Poll, Token};
 
+use super::control::{WorkerCommand, WorkerLink, WorkerReport, WorkerStatus};
 use super::session::{CloseReason, Session, Stream};
 use super::status::{self, ClientStatus, Counters};
 use crate::core::time::Instant as RingInstant;
@@ -53,6 +53,8 @@ pub(crate) struct Limits {
     pub reads_per_turn: usize,
     pub write_chunk: usize,
     pub poll_events: usize,
+    /// The profile's `workers` (what status reports as configured).
+    pub workers: usize,
     pub sndbuf: usize,
     pub rcvbuf: usize,
 }
@@ -113,7 +115,17 @@ pub(crate) struct Worker {
     /// Ended sessions still writing their last frames (a Goodbye to a slow consumer), with
     /// the time they are dropped regardless.
     lingering: Vec<(LocalId, Instant)>,
-    stop: Arc<AtomicBool>,
+    /// The queues to and from the control plane.
+    link: WorkerLink,
+    /// The control plane said stop (or is gone).
+    stopping: bool,
+    /// Loop cycles run.
+    cycles: u64,
+    /// The core this worker pinned itself to.
+    core: Option<usize>,
+    /// A listener stopped at the per-cycle accept bound with connections left
+    /// (edge-triggered: no new event would report them).
+    accept_more: bool,
     next_anonymous: u64,
     paused: bool,
     /// Some queued session may be read at once (it has budget left and is not held back).
@@ -123,6 +135,13 @@ pub(crate) struct Worker {
 
 /// Longest a closing session lingers to get its last frames out.
 const LINGER: Duration = Duration::from_secs(2);
+
+/// Most connections accepted per listener per cycle, so a connection storm cannot starve
+/// the sessions already served.
+const ACCEPTS_PER_CYCLE: usize = 64;
+
+/// Most control-plane commands taken per cycle.
+const COMMANDS_PER_CYCLE: usize = super::control::COMMAND_QUEUE;
 
 /// How often idle buffers are given back.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
@@ -136,7 +155,7 @@ impl Worker {
         table: GroupTable,
         sequencer: Box<dyn Sequencer>,
         limits: Limits,
-        stop: Arc<AtomicBool>,
+        link: WorkerLink,
     ) -> Self {
         Self {
             poll,
@@ -152,7 +171,11 @@ impl Worker {
             read_queue: Vec::new(),
             to_close: Vec::new(),
             lingering: Vec::new(),
-            stop,
+            link,
+            stopping: false,
+            cycles: 0,
+            core: None,
+            accept_more: false,
             next_anonymous: 1,
             paused: false,
             can_read: false,
@@ -160,14 +183,59 @@ impl Worker {
         }
     }
 
-    /// Runs until the stop flag is raised, then says goodbye to every client.
-    pub(crate) fn run(mut self) -> io::Result<()> {
+    /// The worker's index (0: the order worker).
+    pub(crate) fn index(&self) -> usize {
+        self.link.index
+    }
+
+    /// Records the core the worker's thread was pinned to.
+    pub(crate) fn set_core(&mut self, core: Option<usize>) {
+        self.core = core;
+    }
+
+    /// A sender for reports to the control plane that outlives the worker.
+    pub(crate) fn reports(&self) -> crossbeam_channel::Sender<WorkerReport> {
+        self.link.reports.clone()
+    }
+
+    fn snapshot(&self) -> WorkerStatus {
+        WorkerStatus {
+            index: self.link.index,
+            role: "order",
+            core: self.core,
+            cycles: self.cycles,
+            clients: self.sessions.live,
+        }
+    }
+
+    /// Takes the control plane's commands (bounded per cycle; the rest wait for the next).
+    fn serve_commands(&mut self) {
+        for _ in 0..COMMANDS_PER_CYCLE {
+            match self.link.commands.try_recv() {
+                Ok(WorkerCommand::Stop) => self.stopping = true,
+                Ok(WorkerCommand::Snapshot) => {
+                    self.link.report(WorkerReport::Snapshot(self.snapshot()));
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => return,
+                // The control plane is gone: nobody is left to ask for a stop later.
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    self.stopping = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs until the control plane says stop, then says goodbye to every client.
+    pub(crate) fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(self.limits.poll_events);
         let mut ready: Vec<Token> = Vec::with_capacity(self.limits.poll_events);
-        let mut now = self.ring_now();
-        while !self.stop.load(Ordering::Acquire) {
+        let mut clock = Instant::now();
+        let mut now = self.ring_now(clock);
+        while !self.stopping {
             let held = self.sequencer.backpressured();
             let busy = (self.can_read && !held)
+                || self.accept_more
                 || (!self.paused && !held && !self.read_queue.is_empty())
                 || !self.sessions.dirty.is_empty()
                 || !self.to_close.is_empty()
@@ -198,7 +266,11 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            now = self.ring_now();
+            // The cycle's one clock reading.
+            clock = Instant::now();
+            now = self.ring_now(clock);
+            self.cycles += 1;
+            self.serve_commands();
             ready.clear();
             for ev in events.iter() {
                 let token = ev.token();
@@ -216,29 +288,34 @@ impl Worker {
                     ready.push(token);
                 }
             }
+            if std::mem::take(&mut self.accept_more) {
+                ready.extend([UNIX_LISTENER, TCP_LISTENER]);
+            }
             for &token in &ready {
                 match token {
-                    UNIX_LISTENER => self.accept_unix(),
-                    TCP_LISTENER => self.accept_tcp(),
-                    _ => {} // the waker: the loop condition reads the stop flag
+                    UNIX_LISTENER => self.accept_more |= self.accept_unix(),
+                    TCP_LISTENER => self.accept_more |= self.accept_tcp(),
+                    _ => {} // the waker: its commands were taken above
                 }
             }
             self.read_all();
-            self.close_pending();
+            self.close_pending(clock);
             self.sequencer
                 .drive(now, &mut self.table, &mut self.sessions);
             self.flush_all();
-            self.check_congestion();
-            self.expire_lingering();
-            self.housekeeping();
+            self.check_congestion(clock);
+            self.expire_lingering(clock);
+            self.housekeeping(clock);
         }
         self.shutdown();
         Ok(())
     }
 
     /// The clock as the ring reads it: time since the daemon started.
-    fn ring_now(&self) -> RingInstant {
-        let nanos = self.limits.started.elapsed().as_nanos();
+    fn ring_now(&self, clock: Instant) -> RingInstant {
+        let nanos = clock
+            .saturating_duration_since(self.limits.started)
+            .as_nanos();
         RingInstant::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
@@ -252,37 +329,43 @@ impl Worker {
         }
     }
 
-    fn accept_unix(&mut self) {
-        loop {
+    /// Accepts up to the cycle's bound; true when connections may be left.
+    fn accept_unix(&mut self) -> bool {
+        for _ in 0..ACCEPTS_PER_CYCLE {
             let Some((listener, _)) = &self.unix else {
-                return;
+                return false;
             };
             match listener.accept() {
                 Ok((stream, _)) => self.add_session(Stream::Unix(stream)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Out of descriptors and the like: keep serving those connected.
                     tracing::warn!("accept on the Unix socket failed: {e}");
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
-    fn accept_tcp(&mut self) {
-        loop {
-            let Some(listener) = &self.tcp else { return };
+    /// Accepts up to the cycle's bound; true when connections may be left.
+    fn accept_tcp(&mut self) -> bool {
+        for _ in 0..ACCEPTS_PER_CYCLE {
+            let Some(listener) = &self.tcp else {
+                return false;
+            };
             match listener.accept() {
                 Ok((stream, _)) => self.add_session(Stream::Tcp(stream)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::warn!("accept on TCP failed: {e}");
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     fn add_session(&mut self, mut stream: Stream) {
@@ -626,6 +709,7 @@ impl Worker {
             });
         }
         let groups = self.table.groups();
+        let workers = [self.snapshot()];
         let l = &self.limits;
         let settings = status::Settings {
             name: &l.daemon,
@@ -635,6 +719,8 @@ impl Worker {
             max_payload: l.max_payload,
             queue_limit: l.queue_limit,
             pause_mark: l.pause_mark,
+            workers_configured: l.workers,
+            workers: &workers,
         };
         let json = status::render(
             &settings,
@@ -679,7 +765,7 @@ impl Worker {
     /// is shut (FIN) and its input discarded until it closes or a short grace expires —
     /// closing with unread input would reset a TCP connection and could destroy the
     /// frames that say why.
-    fn close_pending(&mut self) {
+    fn close_pending(&mut self, clock: Instant) {
         for id in std::mem::take(&mut self.to_close) {
             let Some(s) = self.sessions.get(id) else {
                 continue;
@@ -693,7 +779,7 @@ impl Worker {
                 Err(_) => s.wbuf.clear(),
             }
             if graceful {
-                self.lingering.push((id, Instant::now() + LINGER));
+                self.lingering.push((id, clock + LINGER));
             } else {
                 self.finalize(id);
             }
@@ -721,8 +807,7 @@ impl Worker {
 
     /// Once a second: read buffers grown for a large frame and now empty are given back
     /// (not on the hot path, where a stream of large frames would regrow them each time).
-    fn housekeeping(&mut self) {
-        let now = Instant::now();
+    fn housekeeping(&mut self, now: Instant) {
         if now < self.next_housekeeping {
             return;
         }
@@ -746,11 +831,10 @@ impl Worker {
 
     /// Moves lingering closes along: FIN once the last frames are out, drop once the peer
     /// closed too or the grace expired.
-    fn expire_lingering(&mut self) {
+    fn expire_lingering(&mut self, now: Instant) {
         if self.lingering.is_empty() {
             return;
         }
-        let now = Instant::now();
         let mut done = Vec::new();
         for &(id, deadline) in &self.lingering {
             let Some(s) = self.sessions.slots[id as usize].as_mut() else {
@@ -795,9 +879,8 @@ impl Worker {
     }
 
     /// Pauses reading while a client is congested and ends clients that stay congested.
-    fn check_congestion(&mut self) {
+    fn check_congestion(&mut self, now: Instant) {
         let mark = self.limits.pause_mark;
-        let mut now = None;
         let mut congested = false;
         let mut slow = Vec::new();
         for (i, slot) in self.sessions.slots.iter_mut().enumerate() {
@@ -810,7 +893,6 @@ impl Worker {
                 s.congested_since = None;
                 continue;
             }
-            let now = *now.get_or_insert_with(Instant::now);
             let since = *s.congested_since.get_or_insert(now);
             if queued > self.limits.queue_limit || now.duration_since(since) >= self.limits.stall {
                 slow.push((i as LocalId, queued));
