@@ -1,8 +1,8 @@
-//! Profiles asking for several data-plane workers (`workers = 2` and `3`), over one daemon
-//! and over the three-daemon ring. The daemon runs its order worker (worker 0) and its
-//! control plane; these tests check that such profiles serve every client correctly —
-//! views, all services, one order for clients over both transports, slow consumers,
-//! SIGTERM goodbyes — and that status reports each running worker and its pinned core.
+//! Several data-plane workers (`workers = 2` and `3`), over one daemon and over the
+//! three-daemon ring. Accepted clients are dealt round-robin over the workers (worker 0,
+//! the order worker, then the session workers), so consecutive clients of a test sit on
+//! different workers: views, all services, one order for everyone, slow consumers,
+//! SIGTERM goodbyes and the status report must not depend on which worker a client has.
 
 mod common;
 
@@ -29,22 +29,22 @@ fn start(workers: usize, config: Option<&str>) -> (Daemon, tempfile::TempDir) {
     (Daemon::start_with(config, &["--profile", &path]), dir)
 }
 
-/// Checks the status document's worker section: `configured` as asked, every running
-/// worker listed with its index, role and a pinned core.
+/// Checks the status document's worker section: as many workers running as configured,
+/// each listed with its index, role, a pinned core and the cycles it ran.
 fn check_workers(conn: &mut Connection, configured: usize) -> serde_json::Value {
     let status: serde_json::Value =
         serde_json::from_str(&conn.status().expect("status")).expect("status is JSON");
     let w = &status["workers"];
     assert_eq!(w["configured"], configured, "{w}");
+    assert_eq!(w["running"], configured, "{w}");
     let threads = w["threads"].as_array().expect("worker list");
-    assert_eq!(w["running"], threads.len(), "{w}");
-    assert!(!threads.is_empty(), "{w}");
+    assert_eq!(threads.len(), configured, "{w}");
     for (i, t) in threads.iter().enumerate() {
         assert_eq!(t["index"], i, "{w}");
+        assert_eq!(t["role"], if i == 0 { "order" } else { "session" }, "{w}");
         assert!(t["core"].is_u64(), "worker {i} is not pinned: {w}");
         assert!(t["cycles"].as_u64().is_some_and(|c| c > 0), "{w}");
     }
-    assert_eq!(threads[0]["role"], "order", "{w}");
     status
 }
 
@@ -128,13 +128,22 @@ fn one_daemon(workers: usize) {
     }
     let status = check_workers(&mut clients[0], workers);
     assert_eq!(status["clients"].as_array().map(Vec::len), Some(3));
-    let threads_clients: u64 = status["workers"]["threads"]
+    let per_worker: Vec<u64> = status["workers"]["threads"]
         .as_array()
         .expect("threads")
         .iter()
         .filter_map(|t| t["clients"].as_u64())
-        .sum();
-    assert_eq!(threads_clients, 3, "every client is counted on one worker");
+        .collect();
+    assert_eq!(per_worker.iter().sum::<u64>(), 3, "{per_worker:?}");
+    // Round-robin: every worker serves at least one of the three clients.
+    assert!(per_worker.iter().all(|&n| n >= 1), "{per_worker:?}");
+    let counters = &status["counters"];
+    assert_eq!(counters["clients_welcomed"], 3, "{counters}");
+    assert_eq!(
+        counters["messages_delivered"],
+        (3 * 3 * per_client) as u64,
+        "{counters}"
+    );
 }
 
 #[test]
@@ -191,11 +200,14 @@ queue_limit = 4194304
 #[test]
 fn a_slow_consumer_is_disconnected_with_two_workers() {
     let (d, _profile) = start(2, Some(SMALL_QUEUE));
+    // The flooder is dealt to worker 0, the lazy client to the session worker.
+    let mut flooder = Connection::connect_as(d.tcp(), "flooder").expect("tcp connect");
     let mut lazy = d.client("lazy");
     lazy.join("firehose").expect("join");
     expect_own_view(&mut lazy, "firehose");
     let lazy_name = lazy.private_name().to_owned();
-    let mut flooder = Connection::connect_as(d.tcp(), "flooder").expect("tcp connect");
+    let status = check_workers(&mut flooder, 2);
+    assert_eq!(status["workers"]["threads"][1]["clients"], 1, "{status}");
     let payload = vec![0x5au8; 8192];
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut sent = 0u64;
@@ -245,19 +257,21 @@ fn a_ring_of_daemons_with_two_workers_each_agrees_on_one_order() {
         .replace("workers = 1", "workers = 2")
         .replace("pin_workers = false", "pin_workers = true");
     let cluster = Cluster::start(&["d0", "d1", "d2"], &text);
+    // Two clients per daemon: the first on its order worker, the second on its session
+    // worker.
     let mut clients: Vec<Connection> = cluster
         .daemons
         .iter()
         .enumerate()
-        .map(|(i, d)| d.client(&format!("c{i}")))
+        .flat_map(|(i, d)| [d.client(&format!("a{i}")), d.client(&format!("b{i}"))])
         .collect();
     for c in &mut clients {
         c.join("g").expect("join");
     }
-    // Joins from three daemons are ordered in any order: wait for the view of all three.
+    // Joins from three daemons are ordered in any order: wait for the view of all six.
     for c in &mut clients {
-        expect_event(c, "a view of three", |ev| match ev {
-            Event::Membership { group, members, .. } if group == "g" && members.len() == 3 => {
+        expect_event(c, "a view of six", |ev| match ev {
+            Event::Membership { group, members, .. } if group == "g" && members.len() == 6 => {
                 Some(())
             }
             _ => None,
@@ -271,9 +285,22 @@ fn a_ring_of_daemons_with_two_workers_each_agrees_on_one_order() {
             }
         }
     }
-    let seen: Vec<_> = clients.iter_mut().map(|c| data(c, 27)).collect();
-    assert_eq!(seen[0], seen[1], "d0 and d1 clients saw different orders");
-    assert_eq!(seen[0], seen[2], "d0 and d2 clients saw different orders");
+    let seen: Vec<_> = clients.iter_mut().map(|c| data(c, 54)).collect();
+    for (i, s) in seen.iter().enumerate().skip(1) {
+        assert_eq!(&seen[0], s, "clients 0 and {i} saw different orders");
+    }
+    for (i, c) in clients.iter().enumerate() {
+        let from: Vec<_> = seen[0]
+            .iter()
+            .filter(|(s, _, _)| s == c.private_name())
+            .map(|(_, _, p)| p.clone())
+            .collect();
+        assert_eq!(from.len(), 9, "messages of client {i}");
+        // FIFO per sender across every service.
+        for (k, p) in from.iter().enumerate() {
+            assert_eq!((p[0], p[1]), (i as u8, (k / 3) as u8), "client {i}");
+        }
+    }
     for c in &mut clients {
         check_workers(c, 2);
     }

@@ -63,8 +63,8 @@ pub(crate) enum WorkerFailure {
 pub struct WorkerStatus {
     /// The worker's index (0 runs the sequencer and the group table).
     pub index: usize,
-    /// `"order"` for worker 0 (sequencer, table, ring I/O, listeners and, while sessions
-    /// are not sharded, every client session).
+    /// `"order"` for worker 0 (sequencer, table, ring I/O, listeners and a share of the
+    /// clients), `"session"` for the others (a share of the clients).
     pub role: &'static str,
     /// The core the worker pinned itself to; `None` when pinning is off or failed.
     pub core: Option<usize>,
@@ -222,8 +222,14 @@ impl ControlPlane {
                             w.snapshot_asked = false;
                         }
                     }
-                    // The control plane holds a sender itself: cannot happen.
-                    Err(_) => {}
+                    // Every worker thread is gone; one that said nothing died unreported.
+                    Err(_) => {
+                        for w in &mut self.workers {
+                            if w.exited.is_none() {
+                                w.exited = Some(Err(WorkerFailure::Panicked));
+                            }
+                        }
+                    }
                 },
                 default(timeout) => {}
             }

@@ -3,13 +3,14 @@
 //! Threads (DESIGN §3): a control-plane thread (module `control`) owns shutdown and
 //! status aggregation; it talks to the data-plane workers over bounded crossbeam queues
 //! and wakes them through their mio wakers. A [`Stopper`] (e.g. in the binary's signal
-//! thread) asks the control plane to stop, which tells every worker. Worker 0, the order
-//! worker, runs the event loop over the listeners, every client session, the group table
-//! and the sequencer; each worker pins itself to core `index % cores` when the profile's
-//! `pin_workers` is set. A profile's `workers > 1` still runs one worker: sharding client
-//! sessions over session workers is the next step (the queues and the control plane
-//! already address workers by index).
-//!
+//! thread) asks the control plane to stop, which tells every worker. The profile's
+//! `workers` sets how many data-plane workers run. Worker 0, the order worker, owns the
+//! listeners, the group table and the sequencer (and the ring's I/O); with `workers > 1`
+//! it deals accepted clients round-robin over itself and the session workers, which parse
+//! their clients' frames and send what needs the table to worker 0 in one batch per
+//! cycle (module `shard`). With `workers = 1` worker 0 does everything, as before. Each
+//! worker pins itself to core `index % cores` when the profile's `pin_workers` is set.
+
 //! With one daemon in the configuration, events are ordered on the spot
 //! ([`LocalSequencer`]). With several, the worker also drives the daemon ring
 //! ([`net::RingSequencer`]): it sleeps on the ring's UDP fd and timers as well as the
@@ -30,6 +31,7 @@
 mod control;
 pub mod net;
 mod session;
+mod shard;
 mod status;
 mod worker;
 
@@ -257,13 +259,6 @@ impl Daemon {
         let unix_socket = unix
             .as_ref()
             .map(|(_, p): &(UnixListener, PathBuf)| p.clone());
-        if profile.workers > 1 {
-            tracing::info!(
-                workers = profile.workers,
-                "running one data-plane worker: client sessions and the daemon ring share it \
-                 (sharding sessions over more workers is not done yet)"
-            );
-        }
         let pin = profile.pin_workers;
         // One daemon orders locally (the fast path); several order through the ring.
         let sequencer: Box<dyn crate::core::Sequencer> = if config.daemons.len() > 1 {
@@ -283,25 +278,99 @@ impl Daemon {
                 .map_err(io_err("registering the ring socket"))?;
         }
 
-        // One worker runs today; the queues are sized per worker so more slot in.
-        let running = 1;
+        let running = profile.workers.max(1);
         let (report_tx, report_rx) = crossbeam_channel::bounded(running * 4);
         let (request_tx, request_rx) = crossbeam_channel::bounded(control::REQUEST_QUEUE);
-        let (link, commands) = control::worker_queues(0, report_tx);
+        let registry = Arc::new(shard::Registry::default());
+        // Session workers first: worker 0 holds their ends.
+        let mut peers = Vec::new();
+        let mut session_workers = Vec::new();
+        for index in 1..running {
+            let poll = Poll::new().map_err(io_err("creating a session worker's event loop"))?;
+            let own_waker = Arc::new(
+                Waker::new(poll.registry(), WAKER)
+                    .map_err(io_err("creating a session worker's waker"))?,
+            );
+            let (up, up_end) = shard::pipe();
+            let (down, down_end) = shard::pipe();
+            let (sockets_tx, sockets_rx) = crossbeam_channel::bounded(shard::SOCKET_QUEUE);
+            let published = Arc::new(std::sync::Mutex::new(shard::Published {
+                status: WorkerStatus {
+                    index,
+                    role: "session",
+                    core: None,
+                    cycles: 0,
+                    clients: 0,
+                },
+                counters: Default::default(),
+            }));
+            peers.push(shard::Peer {
+                out: shard::Outgoing::new(down, own_waker.clone()),
+                input: up_end,
+                sockets: sockets_tx,
+                published: published.clone(),
+                clients: Default::default(),
+            });
+            let link = shard::OrderLink {
+                out: shard::Outgoing::new(up, waker.clone()),
+                input: down_end,
+                sockets: sockets_rx,
+                published,
+            };
+            session_workers.push((index, poll, own_waker, link));
+        }
+        let role = worker::Role::Order {
+            table,
+            sequencer,
+            peers,
+            next_worker: 0,
+        };
+        let mut ports = Vec::with_capacity(running);
+        let (link, commands) = control::worker_queues(0, report_tx.clone());
         let mut port = WorkerPort::new(commands, waker);
-        let worker = Worker::new(poll, unix, tcp, table, sequencer, limits, link);
+        let worker = Worker::new(
+            poll,
+            unix,
+            tcp,
+            role,
+            registry.clone(),
+            limits.clone(),
+            link,
+        );
         port.thread = Some(
             std::thread::Builder::new()
                 .name("conclave-worker-0".into())
                 .spawn(move || run_worker(worker, pin))
                 .map_err(io_err("spawning the worker thread"))?,
         );
+        ports.push(port);
+        for (index, poll, own_waker, order) in session_workers {
+            let (link, commands) = control::worker_queues(index, report_tx.clone());
+            let mut port = WorkerPort::new(commands, own_waker);
+            let worker = Worker::new(
+                poll,
+                None,
+                None,
+                worker::Role::Session(order),
+                registry.clone(),
+                limits.clone(),
+                link,
+            );
+            port.thread = Some(
+                std::thread::Builder::new()
+                    .name(format!("conclave-worker-{index}"))
+                    .spawn(move || run_worker(worker, pin))
+                    .map_err(io_err("spawning a session worker thread"))?,
+            );
+            ports.push(port);
+        }
+        drop(report_tx);
         let stop = Arc::new(AtomicBool::new(false));
         let plane = ControlPlane {
             requests: request_rx,
             reports: report_rx,
             stop: stop.clone(),
-            workers: vec![port],
+            workers: ports,
         };
         // If this spawn fails the worker's command queue closes with `plane`, which the
         // worker takes as a stop: it says goodbye and exits on its own.

@@ -50,6 +50,32 @@ pub(crate) struct Counters {
     pub read_pauses: u64,
 }
 
+impl Counters {
+    /// Adds another worker's counts.
+    pub(crate) fn add(&mut self, o: &Counters) {
+        self.connections += o.connections;
+        self.welcomed += o.welcomed;
+        self.disconnects += o.disconnects;
+        self.frames_in += o.frames_in;
+        self.own_frames_out += o.own_frames_out;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.reads += o.reads;
+        self.writes += o.writes;
+        self.malformed_frames += o.malformed_frames;
+        for (a, b) in self.errors.iter_mut().zip(o.errors.iter()) {
+            *a += b;
+        }
+        for (a, b) in self.refusals.iter_mut().zip(o.refusals.iter()) {
+            *a += b;
+        }
+        self.slow_consumer_disconnects += o.slow_consumer_disconnects;
+        self.oversize_disconnects += o.oversize_disconnects;
+        self.status_requests += o.status_requests;
+        self.read_pauses += o.read_pauses;
+    }
+}
+
 /// The daemon-wide facts at the top of the status report.
 pub(crate) struct Settings<'a> {
     pub name: &'a str,

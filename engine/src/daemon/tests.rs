@@ -666,35 +666,74 @@ fn the_control_plane_collects_worker_snapshots_and_status_shows_each_worker() {
     let dir = tempfile::tempdir().unwrap();
     let d = start_tuned(dir.path(), |p| p.workers = 2);
     let sock = d.unix_socket().unwrap().to_owned();
-    let (mut a, _) = Client::hello(&sock, "a");
-    let (_b, _) = Client::hello(&sock, "b");
-    // Welcomed clients are live sessions before the snapshot is asked for.
+    // Accepted sockets go round-robin: a to worker 0, b to the session worker.
+    let (mut a, an) = Client::hello(&sock, "a");
+    let (mut b, bn) = Client::hello(&sock, "b");
     a.send(|w| encode::join(w, "g"));
     assert!(matches!(a.next(), Got::View(..)));
-
+    b.send(|w| encode::join(w, "g"));
+    for c in [&mut a, &mut b] {
+        let Got::View(_, _, MembershipReason::Join, m) = c.next() else {
+            panic!("no join view")
+        };
+        assert_eq!(m.len(), 2);
+    }
     let first = d.worker_status();
-    assert_eq!(first.len(), 1, "{first:?}");
-    let w = &first[0];
-    assert_eq!((w.index, w.role, w.core, w.clients), (0, "order", None, 2));
-    // Each snapshot request wakes the worker for a cycle of its own.
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_eq!(
+        (first[0].index, first[0].role, first[0].core),
+        (0, "order", None)
+    );
+    assert_eq!(
+        (first[1].index, first[1].role, first[1].core),
+        (1, "session", None)
+    );
+    assert_eq!(first[0].clients + first[1].clients, 2, "{first:?}");
+    assert_eq!(first[1].clients, 1, "{first:?}");
+    // Each snapshot request wakes each worker for a cycle of its own.
     let second = d.worker_status();
-    assert!(second[0].cycles > w.cycles, "{first:?} then {second:?}");
+    assert!(
+        second[0].cycles > first[0].cycles,
+        "{first:?} then {second:?}"
+    );
+    assert!(
+        second[1].cycles > first[1].cycles,
+        "{first:?} then {second:?}"
+    );
+    // A name is unique across workers: "b" is on the session worker, this one on 0.
+    let mut dup = Client::unix(&sock);
+    dup.send(|w| encode::hello(w, PROTOCOL_VERSION, "b"));
+    assert!(matches!(
+        dup.next(),
+        Got::Refused(RefuseCode::DuplicateName, _)
+    ));
 
-    let s = a.status();
-    assert_eq!(s["workers"]["configured"], 2);
-    assert_eq!(s["workers"]["running"], 1);
-    let threads = s["workers"]["threads"].as_array().unwrap();
-    assert_eq!(threads.len(), 1);
-    assert_eq!(threads[0]["index"], 0);
-    assert_eq!(threads[0]["role"], "order");
-    assert_eq!(threads[0]["clients"], 2);
-    assert!(threads[0]["core"].is_null());
-    assert!(threads[0]["cycles"].as_u64().unwrap() > second[0].cycles);
+    // Both clients get the report; it lists both clients and both workers.
+    for c in [&mut a, &mut b] {
+        let s = c.status();
+        assert_eq!(s["workers"]["configured"], 2);
+        assert_eq!(s["workers"]["running"], 2);
+        let threads = s["workers"]["threads"].as_array().unwrap();
+        assert_eq!(threads.len(), 2);
+        assert_eq!(threads[0]["role"], "order");
+        assert_eq!(threads[1]["role"], "session");
+        let mut names: Vec<&str> = s["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, [an.as_str(), bn.as_str()]);
+        assert_eq!(s["groups"][0]["members"].as_array().unwrap().len(), 2);
+    }
 
-    // A stop from another thread goes through the control plane to the worker.
+    // A stop from another thread goes through the control plane to every worker.
     let stopper = d.stopper();
     std::thread::spawn(move || stopper.stop()).join().unwrap();
-    assert_eq!(a.next(), Got::Goodbye("daemon shutting down".into()));
+    for c in [&mut a, &mut b] {
+        assert_eq!(c.next(), Got::Goodbye("daemon shutting down".into()));
+    }
     d.wait().unwrap();
     assert!(!sock.exists());
 }
