@@ -96,7 +96,9 @@ pub(crate) struct ClientStatus<'a> {
     pub name: &'a str,
     pub transport: &'static str,
     pub groups: Vec<&'a str>,
-    pub queued: usize,
+    /// Output bytes waiting; `None` for a session worker's client (its queue lives on
+    /// that worker), shown as `null`.
+    pub queued: Option<usize>,
 }
 
 fn by_name<C: std::fmt::Debug + Copy>(

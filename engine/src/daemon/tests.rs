@@ -725,6 +725,14 @@ fn the_control_plane_collects_worker_snapshots_and_status_shows_each_worker() {
             .collect();
         names.sort_unstable();
         assert_eq!(names, [an.as_str(), bn.as_str()]);
+        for cl in s["clients"].as_array().unwrap() {
+            // Worker 0 knows its own client's queue; the session worker keeps its own.
+            if cl["name"] == an.as_str() {
+                assert!(cl["queued_bytes"].is_u64(), "{cl}");
+            } else {
+                assert!(cl["queued_bytes"].is_null(), "{cl}");
+            }
+        }
         assert_eq!(s["groups"][0]["members"].as_array().unwrap().len(), 2);
     }
 

@@ -1005,7 +1005,7 @@ impl Worker {
                 name,
                 transport: s.stream.transport(),
                 groups: table.groups_of(name),
-                queued: s.queued(),
+                queued: Some(s.queued()),
             });
         }
         let mut counters = self.counters.clone();
@@ -1017,13 +1017,13 @@ impl Worker {
             clients: self.sessions.live,
         }];
         for p in peers.iter() {
-            // A session worker's queue lengths stay with it; its clients show 0 here.
+            // A session worker's queue lengths stay with it.
             for (name, transport) in p.clients.values() {
                 clients.push(ClientStatus {
                     name,
                     transport,
                     groups: table.groups_of(name),
-                    queued: 0,
+                    queued: None,
                 });
             }
             let published = p.published.lock().unwrap_or_else(|e| e.into_inner());
