@@ -343,6 +343,12 @@ impl Outgoing {
             self.held = false;
             return;
         }
+        // The only producer: a queue full now stays full until the consumer takes from
+        // it, so a retry can skip swapping in a fresh buffer only to swap it back.
+        if self.pipe.tx.is_full() {
+            self.held = true;
+            return;
+        }
         let next = self
             .pipe
             .free_rx
