@@ -1,11 +1,16 @@
 //! The daemon runtime: listeners, the data-plane worker and its client sessions.
 //!
-//! Threads (DESIGN §3, sized for one daemon): the caller's thread is the control thread —
-//! it owns the configuration and signals and stops the daemon through a [`Stopper`]; one
-//! data-plane worker thread runs the event loop over every client session (client
-//! sessions run on one worker, so the daemon is correct with `workers = 1`; further
-//! workers are reserved for the ring's datagram path).
-//!
+//! Threads (DESIGN §3): a control-plane thread (module `control`) owns shutdown and
+//! status aggregation; it talks to the data-plane workers over bounded crossbeam queues
+//! and wakes them through their mio wakers. A [`Stopper`] (e.g. in the binary's signal
+//! thread) asks the control plane to stop, which tells every worker. The profile's
+//! `workers` sets how many data-plane workers run. Worker 0, the order worker, owns the
+//! listeners, the group table and the sequencer (and the ring's I/O); with `workers > 1`
+//! it deals accepted clients round-robin over itself and the session workers, which parse
+//! their clients' frames and send what needs the table to worker 0 in one batch per
+//! cycle (module `shard`). With `workers = 1` worker 0 does everything, as before. Each
+//! worker pins itself to core `index % cores` when the profile's `pin_workers` is set.
+
 //! With one daemon in the configuration, events are ordered on the spot
 //! ([`LocalSequencer`]). With several, the worker also drives the daemon ring
 //! ([`net::RingSequencer`]): it sleeps on the ring's UDP fd and timers as well as the
@@ -23,8 +28,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod control;
 pub mod net;
 mod session;
+mod shard;
 mod status;
 mod worker;
 
@@ -35,7 +42,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -46,6 +53,8 @@ use thiserror::Error;
 
 use crate::config::{Config, ConfigError, Profile};
 use crate::core::{GroupTable, LocalSequencer, TableConfig};
+pub use control::WorkerStatus;
+use control::{ControlLink, ControlPlane, Request, WorkerFailure, WorkerPort, WorkerReport};
 use worker::{Limits, RING, TCP_LISTENER, UNIX_LISTENER, WAKER, Worker};
 
 /// Why the daemon could not start or stopped with a failure.
@@ -83,28 +92,27 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError
 #[derive(Debug)]
 pub struct Daemon;
 
-/// Raises the stop flag of a running daemon from any thread (e.g. a signal thread).
+/// Asks a running daemon's control plane to stop, from any thread (e.g. a signal thread).
 #[derive(Debug, Clone)]
 pub struct Stopper {
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    link: ControlLink,
 }
 
 impl Stopper {
     /// Asks the daemon to say goodbye to its clients and exit; returns at once.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
-        if let Err(e) = self.waker.wake() {
-            tracing::error!("cannot wake the worker: {e}");
-        }
+        self.link.stop();
     }
 }
+
+/// How long [`DaemonHandle::worker_status`] waits for the control plane's answer.
+const STATUS_WAIT: Duration = Duration::from_secs(5);
 
 /// A running daemon.
 #[derive(Debug)]
 pub struct DaemonHandle {
     stopper: Stopper,
-    worker: Option<JoinHandle<Result<(), DaemonError>>>,
+    control: Option<JoinHandle<Result<(), DaemonError>>>,
     unix_socket: Option<PathBuf>,
     tcp_address: Option<SocketAddr>,
     name: String,
@@ -143,9 +151,26 @@ impl DaemonHandle {
         self.stopper.clone()
     }
 
+    /// A snapshot of every running worker, collected by the control plane (empty once
+    /// the daemon has stopped or if the control plane does not answer in time).
+    pub fn worker_status(&self) -> Vec<WorkerStatus> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let request = Request::Status(tx);
+        if self
+            .stopper
+            .link
+            .requests
+            .send_timeout(request, STATUS_WAIT)
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.recv_timeout(STATUS_WAIT).unwrap_or_default()
+    }
+
     /// Waits until the daemon stops (after [`Stopper::stop`] or a fatal error).
     pub fn wait(mut self) -> Result<(), DaemonError> {
-        match self.worker.take().map(JoinHandle::join) {
+        match self.control.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(DaemonError::WorkerPanicked),
             None => Ok(()),
@@ -161,9 +186,9 @@ impl DaemonHandle {
 
 impl Drop for DaemonHandle {
     fn drop(&mut self) {
-        if let Some(worker) = self.worker.take() {
+        if let Some(control) = self.control.take() {
             self.stopper.stop();
-            let _ = worker.join();
+            let _ = control.join();
         }
     }
 }
@@ -227,20 +252,13 @@ impl Daemon {
             reads_per_turn: profile.reads_per_turn,
             write_chunk: profile.write_chunk_bytes,
             poll_events: profile.poll_events,
+            workers: profile.workers,
             sndbuf: profile.socket_send_buffer,
             rcvbuf: profile.socket_recv_buffer,
         };
-        let stop = Arc::new(AtomicBool::new(false));
         let unix_socket = unix
             .as_ref()
             .map(|(_, p): &(UnixListener, PathBuf)| p.clone());
-        if profile.workers > 1 {
-            tracing::info!(
-                workers = profile.workers,
-                "running one data-plane worker: client sessions and the daemon ring share it \
-                 (sharding sessions over more workers is not done yet)"
-            );
-        }
         let pin = profile.pin_workers;
         // One daemon orders locally (the fast path); several order through the ring.
         let sequencer: Box<dyn crate::core::Sequencer> = if config.daemons.len() > 1 {
@@ -259,19 +277,115 @@ impl Daemon {
                 .register(&mut mio::unix::SourceFd(&fd), RING, Interest::READABLE)
                 .map_err(io_err("registering the ring socket"))?;
         }
-        let worker = Worker::new(poll, unix, tcp, table, sequencer, limits, stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("conclave-worker-0".into())
-            .spawn(move || {
-                if pin {
-                    pin_to_core(0);
-                }
-                worker.run().map_err(io_err("event loop"))
-            })
-            .map_err(io_err("spawning the worker thread"))?;
+
+        let running = profile.workers.max(1);
+        let (report_tx, report_rx) = crossbeam_channel::bounded(running * 4);
+        let (request_tx, request_rx) = crossbeam_channel::bounded(control::REQUEST_QUEUE);
+        let registry = Arc::new(shard::Registry::default());
+        // Session workers first: worker 0 holds their ends.
+        let mut peers = Vec::new();
+        let mut session_workers = Vec::new();
+        for index in 1..running {
+            let poll = Poll::new().map_err(io_err("creating a session worker's event loop"))?;
+            let own_waker = Arc::new(
+                Waker::new(poll.registry(), WAKER)
+                    .map_err(io_err("creating a session worker's waker"))?,
+            );
+            let (up, up_end) = shard::pipe();
+            let (down, down_end) = shard::pipe();
+            let (sockets_tx, sockets_rx) = crossbeam_channel::bounded(shard::SOCKET_QUEUE);
+            let published = Arc::new(std::sync::Mutex::new(shard::Published {
+                status: WorkerStatus {
+                    index,
+                    role: "session",
+                    core: None,
+                    cycles: 0,
+                    clients: 0,
+                },
+                counters: Default::default(),
+            }));
+            peers.push(shard::Peer {
+                out: shard::Outgoing::new(down, own_waker.clone()),
+                input: up_end,
+                sockets: sockets_tx,
+                published: published.clone(),
+                clients: Default::default(),
+            });
+            let link = shard::OrderLink {
+                out: shard::Outgoing::new(up, waker.clone()),
+                input: down_end,
+                sockets: sockets_rx,
+                published,
+            };
+            session_workers.push((index, poll, own_waker, link));
+        }
+        let role = worker::Role::Order {
+            table,
+            sequencer,
+            peers,
+            next_worker: 0,
+        };
+        let mut ports = Vec::with_capacity(running);
+        let (link, commands) = control::worker_queues(0, report_tx.clone());
+        let mut port = WorkerPort::new(commands, waker);
+        let worker = Worker::new(
+            poll,
+            unix,
+            tcp,
+            role,
+            registry.clone(),
+            limits.clone(),
+            link,
+        );
+        port.thread = Some(
+            std::thread::Builder::new()
+                .name("conclave-worker-0".into())
+                .spawn(move || run_worker(worker, pin))
+                .map_err(io_err("spawning the worker thread"))?,
+        );
+        ports.push(port);
+        for (index, poll, own_waker, order) in session_workers {
+            let (link, commands) = control::worker_queues(index, report_tx.clone());
+            let mut port = WorkerPort::new(commands, own_waker);
+            let worker = Worker::new(
+                poll,
+                None,
+                None,
+                worker::Role::Session(order),
+                registry.clone(),
+                limits.clone(),
+                link,
+            );
+            port.thread = Some(
+                std::thread::Builder::new()
+                    .name(format!("conclave-worker-{index}"))
+                    .spawn(move || run_worker(worker, pin))
+                    .map_err(io_err("spawning a session worker thread"))?,
+            );
+            ports.push(port);
+        }
+        drop(report_tx);
+        let stop = Arc::new(AtomicBool::new(false));
+        let plane = ControlPlane {
+            requests: request_rx,
+            reports: report_rx,
+            stop: stop.clone(),
+            workers: ports,
+        };
+        // If this spawn fails the worker's command queue closes with `plane`, which the
+        // worker takes as a stop: it says goodbye and exits on its own.
+        let control = std::thread::Builder::new()
+            .name("conclave-control".into())
+            .spawn(move || plane.run())
+            .map_err(io_err("spawning the control-plane thread"))?;
         Ok(DaemonHandle {
-            stopper: Stopper { stop, waker },
-            worker: Some(thread),
+            stopper: Stopper {
+                link: ControlLink {
+                    requests: request_tx,
+                    stop,
+                },
+            },
+            control: Some(control),
             unix_socket,
             tcp_address,
             name: config.me.clone(),
@@ -279,17 +393,40 @@ impl Daemon {
     }
 }
 
-fn pin_to_core(index: usize) {
+/// A worker thread's body: pin, run the loop, and always tell the control plane how it
+/// ended (a panic included, so the control plane never waits for a dead worker).
+fn run_worker(mut worker: Worker, pin: bool) {
+    let index = worker.index();
+    if pin {
+        worker.set_core(pin_to_core(index));
+    }
+    let reports = worker.reports();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+    let result = match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(WorkerFailure::Io(e)),
+        Err(_) => Err(WorkerFailure::Panicked),
+    };
+    let _ = reports.try_send(WorkerReport::Exited { index, result });
+}
+
+/// Pins the calling thread to core `index % cores`; the core, if pinned.
+fn pin_to_core(index: usize) -> Option<usize> {
     match core_affinity::get_core_ids() {
         Some(ids) if !ids.is_empty() => {
             let id = ids[index % ids.len()];
             if core_affinity::set_for_current(id) {
-                tracing::info!(core = id.id, "worker pinned");
+                tracing::info!(worker = index, core = id.id, "worker pinned");
+                Some(id.id)
             } else {
-                tracing::warn!(core = id.id, "could not pin the worker");
+                tracing::warn!(worker = index, core = id.id, "could not pin the worker");
+                None
             }
         }
-        _ => tracing::warn!("no core list; the worker is not pinned"),
+        _ => {
+            tracing::warn!(worker = index, "no core list; the worker is not pinned");
+            None
+        }
     }
 }
 

@@ -50,6 +50,32 @@ pub(crate) struct Counters {
     pub read_pauses: u64,
 }
 
+impl Counters {
+    /// Adds another worker's counts.
+    pub(crate) fn add(&mut self, o: &Counters) {
+        self.connections += o.connections;
+        self.welcomed += o.welcomed;
+        self.disconnects += o.disconnects;
+        self.frames_in += o.frames_in;
+        self.own_frames_out += o.own_frames_out;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.reads += o.reads;
+        self.writes += o.writes;
+        self.malformed_frames += o.malformed_frames;
+        for (a, b) in self.errors.iter_mut().zip(o.errors.iter()) {
+            *a += b;
+        }
+        for (a, b) in self.refusals.iter_mut().zip(o.refusals.iter()) {
+            *a += b;
+        }
+        self.slow_consumer_disconnects += o.slow_consumer_disconnects;
+        self.oversize_disconnects += o.oversize_disconnects;
+        self.status_requests += o.status_requests;
+        self.read_pauses += o.read_pauses;
+    }
+}
+
 /// The daemon-wide facts at the top of the status report.
 pub(crate) struct Settings<'a> {
     pub name: &'a str,
@@ -59,6 +85,10 @@ pub(crate) struct Settings<'a> {
     pub max_payload: usize,
     pub queue_limit: usize,
     pub pause_mark: usize,
+    /// The profile's `workers`.
+    pub workers_configured: usize,
+    /// A snapshot of each running worker.
+    pub workers: &'a [super::WorkerStatus],
 }
 
 /// One client's line in the status report.
@@ -66,7 +96,9 @@ pub(crate) struct ClientStatus<'a> {
     pub name: &'a str,
     pub transport: &'static str,
     pub groups: Vec<&'a str>,
-    pub queued: usize,
+    /// Output bytes waiting; `None` for a session worker's client (its queue lives on
+    /// that worker), shown as `null`.
+    pub queued: Option<usize>,
 }
 
 fn by_name<C: std::fmt::Debug + Copy>(
@@ -146,6 +178,19 @@ pub(crate) fn render(
             "status_requests": c.status_requests,
             "read_pauses": c.read_pauses,
         },
+    });
+    // `configured` is the profile's count; `running` what the daemon runs (one, until
+    // client sessions are sharded over session workers).
+    doc["workers"] = json!({
+        "configured": daemon.workers_configured,
+        "running": daemon.workers.len(),
+        "threads": daemon.workers.iter().map(|w| json!({
+            "index": w.index,
+            "role": w.role,
+            "core": w.core,
+            "cycles": w.cycles,
+            "clients": w.clients,
+        })).collect::<Vec<_>>(),
     });
     // A single daemon orders locally and has no ring to report.
     doc["ring"] = ring.unwrap_or_else(|| json!({"mode": "local"}));

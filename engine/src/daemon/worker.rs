@@ -1,19 +1,22 @@
-//! The data-plane worker: one mio (epoll, edge-triggered) loop over the listeners and all
-//! client sessions.
+//! A data-plane worker: one mio (epoll, edge-triggered) loop over its client sessions —
+//! on worker 0 also the listeners, the table and the sequencer; on a session worker the
+//! queues to and from worker 0 instead (see `shard`).
 //!
-//! A turn: poll; accept; read every readable client (a bounded number of big reads each,
-//! for fairness) and handle every whole frame in what was read, encoding deliveries
-//! straight into the recipients' output queues; end the sessions that must end; then
-//! write each client's queue with as few writes as the socket allows. While some client's
-//! queue is above the profile's pause mark, reading from clients pauses (the senders wait in their
-//! socket buffers); a client that stays there longer than the profile's stall time, or
-//! passes the limit, is disconnected as a slow consumer. Memory stays bounded either way.
+//! A turn (one cycle): poll; read the clock once (every deadline of the cycle uses that
+//! reading); take the control plane's commands; accept (bounded); take what other workers
+//! queued (bounded); read every readable client (a bounded number of big reads each, for
+//! fairness) and handle every whole frame in what was read, encoding deliveries straight
+//! into the recipients' output queues (or worker batches); end the sessions that must
+//! end; send each worker batch (one queue item per destination); then write each client's
+//! queue with as few writes as the socket allows. While some client of any worker has a
+//! queue above the profile's pause mark, reading from clients pauses (the senders wait in
+//! their socket buffers); a client that stays there longer than the profile's stall time,
+//! or passes the limit, is disconnected as a slow consumer. Memory stays bounded either
+//! way.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use conclave_control::wire::client::{
@@ -24,10 +27,14 @@ use conclave_control::wire::names;
 use mio::net::{TcpListener, UnixListener};
 use mio::{Events, Interest, Poll, Token};
 
+use super::control::{WorkerCommand, WorkerLink, WorkerReport, WorkerStatus};
 use super::session::{CloseReason, Session, Stream};
+use super::shard::{self, Down, OrderLink, Peer, Registry, Route, Up};
 use super::status::{self, ClientStatus, Counters};
 use crate::core::time::Instant as RingInstant;
 use crate::core::{Event, GroupTable, LocalId, Outbox, Sequencer};
+use std::sync::Arc;
+use std::sync::atomic::Ordering as AtomicOrdering;
 
 pub(crate) const UNIX_LISTENER: Token = Token(0);
 pub(crate) const TCP_LISTENER: Token = Token(1);
@@ -53,6 +60,8 @@ pub(crate) struct Limits {
     pub reads_per_turn: usize,
     pub write_chunk: usize,
     pub poll_events: usize,
+    /// The profile's `workers` (what status reports as configured).
+    pub workers: usize,
     pub sndbuf: usize,
     pub rcvbuf: usize,
 }
@@ -95,6 +104,43 @@ impl Outbox for Sessions {
     }
 }
 
+/// What a worker does besides serving its clients.
+// One per worker thread, built once and never moved on the hot path: the size difference
+// costs nothing, while boxing the table would add an indirection to every event.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Role {
+    /// Worker 0: the table, the sequencer (and ring I/O), and the session workers' ends.
+    Order {
+        table: GroupTable,
+        sequencer: Box<dyn Sequencer>,
+        peers: Vec<Peer>,
+        /// Round-robin position for handing out accepted sockets (0 keeps one here).
+        next_worker: usize,
+    },
+    /// A session worker: everything for the table goes to worker 0.
+    Session(OrderLink),
+}
+
+/// Submits an event: ordered on the spot (or by the ring) on worker 0, batched for worker
+/// 0 on a session worker.
+fn submit(role: &mut Role, sessions: &mut Sessions, event: &Event<'_>) {
+    match role {
+        Role::Order {
+            table,
+            sequencer,
+            peers,
+            ..
+        } => {
+            let mut out = Route {
+                own: sessions,
+                peers,
+            };
+            sequencer.submit(event, table, &mut out);
+        }
+        Role::Session(link) => link.out.up(&Up::Event(event.clone())),
+    }
+}
+
 pub(crate) struct Worker {
     poll: Poll,
     unix: Option<(UnixListener, PathBuf)>,
@@ -104,8 +150,16 @@ pub(crate) struct Worker {
     /// event can borrow a name while the table writes into the sessions).
     names: Vec<Option<Box<str>>>,
     by_name: HashMap<Box<str>, LocalId>,
-    table: GroupTable,
-    sequencer: Box<dyn Sequencer>,
+    role: Role,
+    /// Shared by all workers: private names, the client count, congestion.
+    registry: Arc<Registry>,
+    /// This worker has a congested client (its bit in the registry is set).
+    congested_here: bool,
+    /// Per slot: unbound here, waiting for worker 0's confirmation before reuse (session
+    /// workers only).
+    awaiting_unbind: Vec<bool>,
+    /// Status requests of session workers' clients, answered after their batch.
+    status_for: Vec<LocalId>,
     counters: Counters,
     limits: Limits,
     read_queue: Vec<LocalId>,
@@ -113,8 +167,17 @@ pub(crate) struct Worker {
     /// Ended sessions still writing their last frames (a Goodbye to a slow consumer), with
     /// the time they are dropped regardless.
     lingering: Vec<(LocalId, Instant)>,
-    stop: Arc<AtomicBool>,
-    next_anonymous: u64,
+    /// The queues to and from the control plane.
+    link: WorkerLink,
+    /// The control plane said stop (or is gone).
+    stopping: bool,
+    /// Loop cycles run.
+    cycles: u64,
+    /// The core this worker pinned itself to.
+    core: Option<usize>,
+    /// A listener stopped at the per-cycle accept bound with connections left
+    /// (edge-triggered: no new event would report them).
+    accept_more: bool,
     paused: bool,
     /// Some queued session may be read at once (it has budget left and is not held back).
     can_read: bool,
@@ -123,6 +186,13 @@ pub(crate) struct Worker {
 
 /// Longest a closing session lingers to get its last frames out.
 const LINGER: Duration = Duration::from_secs(2);
+
+/// Most connections accepted per listener per cycle, so a connection storm cannot starve
+/// the sessions already served.
+const ACCEPTS_PER_CYCLE: usize = 64;
+
+/// Most control-plane commands taken per cycle.
+const COMMANDS_PER_CYCLE: usize = super::control::COMMAND_QUEUE;
 
 /// How often idle buffers are given back.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
@@ -133,10 +203,10 @@ impl Worker {
         poll: Poll,
         unix: Option<(UnixListener, PathBuf)>,
         tcp: Option<TcpListener>,
-        table: GroupTable,
-        sequencer: Box<dyn Sequencer>,
+        role: Role,
+        registry: Arc<Registry>,
         limits: Limits,
-        stop: Arc<AtomicBool>,
+        link: WorkerLink,
     ) -> Self {
         Self {
             poll,
@@ -145,40 +215,100 @@ impl Worker {
             sessions: Sessions::default(),
             names: Vec::new(),
             by_name: HashMap::new(),
-            table,
-            sequencer,
+            role,
+            registry,
+            congested_here: false,
+            awaiting_unbind: Vec::new(),
+            status_for: Vec::new(),
             counters: Counters::default(),
             limits,
             read_queue: Vec::new(),
             to_close: Vec::new(),
             lingering: Vec::new(),
-            stop,
-            next_anonymous: 1,
+            link,
+            stopping: false,
+            cycles: 0,
+            core: None,
+            accept_more: false,
             paused: false,
             can_read: false,
             next_housekeeping: Instant::now() + HOUSEKEEPING,
         }
     }
 
-    /// Runs until the stop flag is raised, then says goodbye to every client.
-    pub(crate) fn run(mut self) -> io::Result<()> {
+    /// The worker's index (0: the order worker).
+    pub(crate) fn index(&self) -> usize {
+        self.link.index
+    }
+
+    /// Records the core the worker's thread was pinned to.
+    pub(crate) fn set_core(&mut self, core: Option<usize>) {
+        self.core = core;
+    }
+
+    /// A sender for reports to the control plane that outlives the worker.
+    pub(crate) fn reports(&self) -> crossbeam_channel::Sender<WorkerReport> {
+        self.link.reports.clone()
+    }
+
+    fn snapshot(&self) -> WorkerStatus {
+        WorkerStatus {
+            index: self.link.index,
+            role: match self.role {
+                Role::Order { .. } => "order",
+                Role::Session(_) => "session",
+            },
+            core: self.core,
+            cycles: self.cycles,
+            clients: self.sessions.live,
+        }
+    }
+
+    /// Takes the control plane's commands (bounded per cycle; the rest wait for the next).
+    fn serve_commands(&mut self) {
+        for _ in 0..COMMANDS_PER_CYCLE {
+            match self.link.commands.try_recv() {
+                Ok(WorkerCommand::Stop) => self.stopping = true,
+                Ok(WorkerCommand::Snapshot) => {
+                    self.link.report(WorkerReport::Snapshot(self.snapshot()));
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => return,
+                // The control plane is gone: nobody is left to ask for a stop later.
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    self.stopping = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs until the control plane says stop, then says goodbye to every client.
+    pub(crate) fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(self.limits.poll_events);
         let mut ready: Vec<Token> = Vec::with_capacity(self.limits.poll_events);
-        let mut now = self.ring_now();
-        while !self.stop.load(Ordering::Acquire) {
-            let held = self.sequencer.backpressured();
+        let mut clock = Instant::now();
+        let mut now = self.ring_now(clock);
+        while !self.stopping {
+            let held = self.held();
             let busy = (self.can_read && !held)
+                || self.accept_more
                 || (!self.paused && !held && !self.read_queue.is_empty())
                 || !self.sessions.dirty.is_empty()
                 || !self.to_close.is_empty()
-                || self.sequencer.busy();
+                || self.inputs_waiting()
+                || matches!(&self.role, Role::Order { sequencer, .. } if sequencer.busy());
             // The ring's timers (token retransmission, idle-token release).
-            let ring_wait = self
-                .sequencer
-                .next_deadline()
-                .map(|t| t.saturating_duration_since(now));
+            let ring_wait = match &self.role {
+                Role::Order { sequencer, .. } => sequencer
+                    .next_deadline()
+                    .map(|t| t.saturating_duration_since(now)),
+                Role::Session(_) => None,
+            };
             let timeout = if busy {
                 Some(Duration::ZERO)
+            } else if self.queue_full() {
+                // A batch waits for room in a worker queue: retry soon.
+                Some(Duration::from_millis(1))
             } else if self.paused || !self.lingering.is_empty() {
                 // Paused on a congested client: look again soon for its stall deadline.
                 Some(Duration::from_millis(10))
@@ -198,7 +328,11 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            now = self.ring_now();
+            // The cycle's one clock reading.
+            clock = Instant::now();
+            now = self.ring_now(clock);
+            self.cycles += 1;
+            self.serve_commands();
             ready.clear();
             for ev in events.iter() {
                 let token = ev.token();
@@ -216,29 +350,209 @@ impl Worker {
                     ready.push(token);
                 }
             }
+            if std::mem::take(&mut self.accept_more) {
+                ready.extend([UNIX_LISTENER, TCP_LISTENER]);
+            }
             for &token in &ready {
                 match token {
-                    UNIX_LISTENER => self.accept_unix(),
-                    TCP_LISTENER => self.accept_tcp(),
-                    _ => {} // the waker: the loop condition reads the stop flag
+                    UNIX_LISTENER => self.accept_more |= self.accept_unix(),
+                    TCP_LISTENER => self.accept_more |= self.accept_tcp(),
+                    _ => {} // the waker: its commands were taken above
                 }
             }
+            self.take_inputs();
             self.read_all();
-            self.close_pending();
-            self.sequencer
-                .drive(now, &mut self.table, &mut self.sessions);
+            self.close_pending(clock);
+            if let Role::Order {
+                table,
+                sequencer,
+                peers,
+                ..
+            } = &mut self.role
+            {
+                let mut out = Route {
+                    own: &mut self.sessions,
+                    peers,
+                };
+                sequencer.drive(now, table, &mut out);
+            }
+            // Before the batch and the writes: whatever worker 0 or a client learns of
+            // this cycle, the counters worker 0 reports next already include it.
+            self.publish();
+            self.send_outputs();
             self.flush_all();
-            self.check_congestion();
-            self.expire_lingering();
-            self.housekeeping();
+            self.check_congestion(clock);
+            self.expire_lingering(clock);
+            self.housekeeping(clock);
         }
         self.shutdown();
         Ok(())
     }
 
+    /// Reading clients is held back: the sequencer's send queue or a worker queue is full.
+    fn held(&self) -> bool {
+        match &self.role {
+            Role::Order {
+                sequencer, peers, ..
+            } => sequencer.backpressured() || peers.iter().any(|p| p.out.held),
+            Role::Session(link) => link.out.held,
+        }
+    }
+
+    /// A batch waits for room in a worker queue.
+    fn queue_full(&self) -> bool {
+        match &self.role {
+            Role::Order { peers, .. } => peers.iter().any(|p| p.out.held),
+            Role::Session(link) => link.out.held,
+        }
+    }
+
+    /// Another worker queued something for this one that this cycle may take.
+    fn inputs_waiting(&self) -> bool {
+        match &self.role {
+            Role::Order {
+                sequencer, peers, ..
+            } => {
+                !sequencer.backpressured()
+                    && !peers.iter().any(|p| p.out.held)
+                    && peers.iter().any(|p| !p.input.rx.is_empty())
+            }
+            Role::Session(link) => !link.input.rx.is_empty() || !link.sockets.is_empty(),
+        }
+    }
+
+    /// Takes what other workers queued, bounded per cycle: on worker 0 the session
+    /// workers' batches (held back, like client input, while the sequencer or an output
+    /// queue is full); on a session worker, accepted sockets and the table's output.
+    fn take_inputs(&mut self) {
+        match &mut self.role {
+            Role::Order {
+                table,
+                sequencer,
+                peers,
+                ..
+            } => {
+                if sequencer.backpressured() || peers.iter().any(|p| p.out.held) {
+                    return;
+                }
+                for i in 0..peers.len() {
+                    let worker = i + 1;
+                    for _ in 0..shard::BATCHES_PER_CYCLE {
+                        let Ok(batch) = peers[i].input.rx.try_recv() else {
+                            break;
+                        };
+                        let mut rest = &batch[..];
+                        while let Some(record) = shard::next_up(&mut rest) {
+                            match record {
+                                Ok(Up::Bind {
+                                    slot,
+                                    transport,
+                                    name,
+                                }) => {
+                                    table.bind_local(name, shard::global(worker, slot));
+                                    peers[i].clients.insert(slot, (name.into(), transport));
+                                }
+                                Ok(Up::Unbind { slot, name }) => {
+                                    table.unbind_local(name, shard::global(worker, slot));
+                                    peers[i].clients.remove(&slot);
+                                    peers[i].out.freed(slot);
+                                }
+                                Ok(Up::Event(event)) => {
+                                    let mut out = Route {
+                                        own: &mut self.sessions,
+                                        peers,
+                                    };
+                                    sequencer.submit(&event, table, &mut out);
+                                }
+                                Ok(Up::Status { slot }) => {
+                                    self.status_for.push(shard::global(worker, slot));
+                                }
+                                Err(()) => {
+                                    tracing::error!(worker, "corrupt batch from a session worker");
+                                    break;
+                                }
+                            }
+                        }
+                        peers[i].input.recycle(batch);
+                    }
+                }
+                for id in std::mem::take(&mut self.status_for) {
+                    self.status(id);
+                }
+            }
+            Role::Session(_) => {
+                for _ in 0..shard::SOCKET_QUEUE {
+                    let Role::Session(link) = &self.role else {
+                        return;
+                    };
+                    let Ok(stream) = link.sockets.try_recv() else {
+                        break;
+                    };
+                    self.add_session(stream);
+                }
+                let Role::Session(link) = &mut self.role else {
+                    return;
+                };
+                for _ in 0..shard::BATCHES_PER_CYCLE {
+                    let Ok(batch) = link.input.rx.try_recv() else {
+                        break;
+                    };
+                    let mut rest = &batch[..];
+                    while let Some(record) = shard::next_down(&mut rest) {
+                        match record {
+                            Ok(Down::Output { slot, frames }) => {
+                                if let Some(buf) = self.sessions.out(slot) {
+                                    buf.extend_from_slice(frames);
+                                }
+                            }
+                            Ok(Down::Freed { slot }) => {
+                                let i = slot as usize;
+                                if let Some(w) = self.awaiting_unbind.get_mut(i) {
+                                    *w = false;
+                                }
+                                if self.sessions.slots.get(i).is_some_and(Option::is_none) {
+                                    self.sessions.free.push(slot);
+                                }
+                            }
+                            Err(()) => {
+                                tracing::error!("corrupt batch from the order worker");
+                                break;
+                            }
+                        }
+                    }
+                    link.input.recycle(batch);
+                }
+            }
+        }
+    }
+
+    /// Sends this cycle's batches: one queue item per destination.
+    fn send_outputs(&mut self) {
+        match &mut self.role {
+            Role::Order { peers, .. } => {
+                for p in peers {
+                    p.out.send();
+                }
+            }
+            Role::Session(link) => link.out.send(),
+        }
+    }
+
+    /// A session worker publishes its counters and snapshot for worker 0's status report.
+    fn publish(&mut self) {
+        if let Role::Session(link) = &self.role {
+            let status = self.snapshot();
+            let mut p = link.published.lock().unwrap_or_else(|e| e.into_inner());
+            p.status = status;
+            p.counters.clone_from(&self.counters);
+        }
+    }
+
     /// The clock as the ring reads it: time since the daemon started.
-    fn ring_now(&self) -> RingInstant {
-        let nanos = self.limits.started.elapsed().as_nanos();
+    fn ring_now(&self, clock: Instant) -> RingInstant {
+        let nanos = clock
+            .saturating_duration_since(self.limits.started)
+            .as_nanos();
         RingInstant::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
@@ -252,42 +566,51 @@ impl Worker {
         }
     }
 
-    fn accept_unix(&mut self) {
-        loop {
+    /// Accepts up to the cycle's bound; true when connections may be left.
+    fn accept_unix(&mut self) -> bool {
+        for _ in 0..ACCEPTS_PER_CYCLE {
             let Some((listener, _)) = &self.unix else {
-                return;
+                return false;
             };
             match listener.accept() {
-                Ok((stream, _)) => self.add_session(Stream::Unix(stream)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok((stream, _)) => self.accepted(Stream::Unix(stream)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Out of descriptors and the like: keep serving those connected.
                     tracing::warn!("accept on the Unix socket failed: {e}");
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
-    fn accept_tcp(&mut self) {
-        loop {
-            let Some(listener) = &self.tcp else { return };
+    /// Accepts up to the cycle's bound; true when connections may be left.
+    fn accept_tcp(&mut self) -> bool {
+        for _ in 0..ACCEPTS_PER_CYCLE {
+            let Some(listener) = &self.tcp else {
+                return false;
+            };
             match listener.accept() {
-                Ok((stream, _)) => self.add_session(Stream::Tcp(stream)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok((stream, _)) => self.accepted(Stream::Tcp(stream)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::warn!("accept on TCP failed: {e}");
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
-    fn add_session(&mut self, mut stream: Stream) {
+    /// A new connection on worker 0: refused over the daemon's limit, else served here or
+    /// handed to the next session worker in turn (served here if its queue is full).
+    fn accepted(&mut self, mut stream: Stream) {
         self.counters.connections += 1;
-        if self.sessions.live >= self.limits.max_clients {
+        let live = &self.registry.live;
+        if live.load(AtomicOrdering::Relaxed) >= self.limits.max_clients {
             self.counters.refusals[RefuseCode::TooManyClients as usize] += 1;
             let mut buf = Vec::new();
             let reason = format!(
@@ -299,12 +622,44 @@ impl Worker {
             let _ = io::Write::write(&mut stream, &buf);
             return;
         }
+        live.fetch_add(1, AtomicOrdering::Relaxed);
         stream.tune(self.limits.sndbuf, self.limits.rcvbuf);
+        if let Role::Order {
+            peers, next_worker, ..
+        } = &mut self.role
+            && !peers.is_empty()
+        {
+            let w = *next_worker % (peers.len() + 1);
+            *next_worker = next_worker.wrapping_add(1);
+            if w > 0 {
+                let peer = &peers[w - 1];
+                match peer.sockets.try_send(stream) {
+                    Ok(()) => {
+                        if let Err(e) = peer.out.waker.wake() {
+                            tracing::error!("cannot wake a session worker: {e}");
+                        }
+                        return;
+                    }
+                    Err(e) => stream = e.into_inner(),
+                }
+            }
+        }
+        self.add_session(stream);
+    }
+
+    /// Serves a connection on this worker (counted in the registry already).
+    fn add_session(&mut self, mut stream: Stream) {
         let id = match self.sessions.free.pop() {
             Some(id) => id,
+            None if self.sessions.slots.len() >= shard::MAX_SLOTS => {
+                tracing::warn!("no session slot left on this worker; connection dropped");
+                self.registry.live.fetch_sub(1, AtomicOrdering::Relaxed);
+                return;
+            }
             None => {
                 self.sessions.slots.push(None);
                 self.names.push(None);
+                self.awaiting_unbind.push(false);
                 (self.sessions.slots.len() - 1) as LocalId
             }
         };
@@ -316,6 +671,7 @@ impl Worker {
         ) {
             tracing::warn!("cannot register a client socket: {e}");
             self.sessions.free.push(id);
+            self.registry.live.fetch_sub(1, AtomicOrdering::Relaxed);
             return;
         }
         tracing::debug!(id, transport = stream.transport(), "client connected");
@@ -336,7 +692,7 @@ impl Worker {
         self.can_read = false;
         // The ring's send queue is full: read nobody (what they send waits in their
         // sockets) until it drains; the events already taken are held, never dropped.
-        let held = self.sequencer.backpressured();
+        let held = self.held();
         for i in 0..queue.len() {
             let id = queue[i];
             let eligible = !held
@@ -522,13 +878,11 @@ impl Worker {
             }
             ClientFrame::Join { group } => {
                 let event = Event::Join { client: me, group };
-                self.sequencer
-                    .submit(&event, &mut self.table, &mut self.sessions);
+                submit(&mut self.role, &mut self.sessions, &event);
             }
             ClientFrame::Leave { group } => {
                 let event = Event::Leave { client: me, group };
-                self.sequencer
-                    .submit(&event, &mut self.table, &mut self.sessions);
+                submit(&mut self.role, &mut self.sessions, &event);
             }
             ClientFrame::Multicast {
                 service,
@@ -551,8 +905,7 @@ impl Worker {
                     groups,
                     payload,
                 };
-                self.sequencer
-                    .submit(&event, &mut self.table, &mut self.sessions);
+                submit(&mut self.role, &mut self.sessions, &event);
             }
             ClientFrame::Disconnect => self.close(id, CloseReason::Client),
             ClientFrame::StatusRequest => self.status(id),
@@ -569,10 +922,9 @@ impl Worker {
         let private = if name.is_empty() {
             // Pick a name nobody holds; a client may have asked for `c<n>` itself.
             loop {
-                let user = format!("c{}", self.next_anonymous);
-                self.next_anonymous += 1;
+                let user = format!("c{}", self.registry.anonymous());
                 let private = names::private_name(&user, &self.limits.daemon);
-                if !self.by_name.contains_key(private.as_str()) {
+                if self.registry.claim(&private) {
                     break private;
                 }
             }
@@ -581,7 +933,7 @@ impl Worker {
                 return self.refuse(id, RefuseCode::BadName, &format!("bad private name: {e}"));
             }
             let private = names::private_name(name, &self.limits.daemon);
-            if self.by_name.contains_key(private.as_str()) {
+            if !self.registry.claim(&private) {
                 let reason = format!("another client of this daemon is named {private:?}");
                 return self.refuse(id, RefuseCode::DuplicateName, &reason);
             }
@@ -589,7 +941,22 @@ impl Worker {
         };
         let private: Box<str> = private.into();
         self.by_name.insert(private.clone(), id);
-        self.table.bind_local(&private, id);
+        match &mut self.role {
+            Role::Order { table, .. } => table.bind_local(&private, id),
+            Role::Session(link) => {
+                let transport = self
+                    .sessions
+                    .slots
+                    .get(id as usize)
+                    .and_then(Option::as_ref)
+                    .map_or("unix", |s| s.stream.transport());
+                link.out.up(&Up::Bind {
+                    slot: id,
+                    transport,
+                    name: &private,
+                });
+            }
+        }
         let (daemon, max_payload) = (&self.limits.daemon, self.limits.max_payload);
         if let Some(s) = self.sessions.get(id) {
             s.welcomed = true;
@@ -606,13 +973,29 @@ impl Worker {
         self.counters.welcomed += 1;
         tracing::debug!(id, name = %private, "client welcomed");
         let event = Event::Connect { client: &private };
-        self.sequencer
-            .submit(&event, &mut self.table, &mut self.sessions);
+        submit(&mut self.role, &mut self.sessions, &event);
         self.names[id as usize] = Some(private);
     }
 
+    /// Answers a status request: worker 0 renders the report (for its own client or, by
+    /// table id, for a session worker's); a session worker passes the request on.
     fn status(&mut self, id: LocalId) {
-        self.counters.status_requests += 1;
+        let (table, sequencer, peers) = match &mut self.role {
+            Role::Session(link) => {
+                self.counters.status_requests += 1;
+                link.out.up(&Up::Status { slot: id });
+                return;
+            }
+            Role::Order {
+                table,
+                sequencer,
+                peers,
+                ..
+            } => (table, sequencer, peers),
+        };
+        if shard::split(id).0 == 0 {
+            self.counters.status_requests += 1;
+        }
         let mut clients = Vec::new();
         for (i, slot) in self.sessions.slots.iter().enumerate() {
             let (Some(s), Some(Some(name))) = (slot, self.names.get(i)) else {
@@ -621,11 +1004,33 @@ impl Worker {
             clients.push(ClientStatus {
                 name,
                 transport: s.stream.transport(),
-                groups: self.table.groups_of(name),
-                queued: s.queued(),
+                groups: table.groups_of(name),
+                queued: Some(s.queued()),
             });
         }
-        let groups = self.table.groups();
+        let mut counters = self.counters.clone();
+        let mut workers = vec![WorkerStatus {
+            index: self.link.index,
+            role: "order",
+            core: self.core,
+            cycles: self.cycles,
+            clients: self.sessions.live,
+        }];
+        for p in peers.iter() {
+            // A session worker's queue lengths stay with it.
+            for (name, transport) in p.clients.values() {
+                clients.push(ClientStatus {
+                    name,
+                    transport,
+                    groups: table.groups_of(name),
+                    queued: None,
+                });
+            }
+            let published = p.published.lock().unwrap_or_else(|e| e.into_inner());
+            counters.add(&published.counters);
+            workers.push(published.status.clone());
+        }
+        let groups = table.groups();
         let l = &self.limits;
         let settings = status::Settings {
             name: &l.daemon,
@@ -635,17 +1040,23 @@ impl Worker {
             max_payload: l.max_payload,
             queue_limit: l.queue_limit,
             pause_mark: l.pause_mark,
+            workers_configured: l.workers,
+            workers: &workers,
         };
         let json = status::render(
             &settings,
             &clients,
             &groups,
-            &self.counters,
-            self.table.stats(),
-            self.sequencer.ordered(),
-            self.sequencer.status(),
+            &counters,
+            table.stats(),
+            sequencer.ordered(),
+            sequencer.status(),
         );
-        if let Some(buf) = self.sessions.out(id) {
+        let mut out = Route {
+            own: &mut self.sessions,
+            peers,
+        };
+        if let Some(buf) = out.out(id) {
             encode::status(buf, &json);
             self.counters.own_frames_out += 1;
         }
@@ -665,11 +1076,22 @@ impl Worker {
         self.to_close.push(id);
         if let Some(name) = self.names.get_mut(id as usize).and_then(Option::take) {
             self.by_name.remove(&name);
+            self.registry.release(&name);
             // The id may be reused before a ring orders the Disconnect.
-            self.table.unbind_local(&name, id);
+            match &mut self.role {
+                Role::Order { table, .. } => table.unbind_local(&name, id),
+                Role::Session(link) => {
+                    link.out.up(&Up::Unbind {
+                        slot: id,
+                        name: &name,
+                    });
+                    if let Some(w) = self.awaiting_unbind.get_mut(id as usize) {
+                        *w = true;
+                    }
+                }
+            }
             let event = Event::Disconnect { client: &name };
-            self.sequencer
-                .submit(&event, &mut self.table, &mut self.sessions);
+            submit(&mut self.role, &mut self.sessions, &event);
         }
     }
 
@@ -679,7 +1101,7 @@ impl Worker {
     /// is shut (FIN) and its input discarded until it closes or a short grace expires —
     /// closing with unread input would reset a TCP connection and could destroy the
     /// frames that say why.
-    fn close_pending(&mut self) {
+    fn close_pending(&mut self, clock: Instant) {
         for id in std::mem::take(&mut self.to_close) {
             let Some(s) = self.sessions.get(id) else {
                 continue;
@@ -693,7 +1115,7 @@ impl Worker {
                 Err(_) => s.wbuf.clear(),
             }
             if graceful {
-                self.lingering.push((id, Instant::now() + LINGER));
+                self.lingering.push((id, clock + LINGER));
             } else {
                 self.finalize(id);
             }
@@ -715,14 +1137,22 @@ impl Worker {
         }
         self.counters.disconnects += 1;
         self.sessions.live -= 1;
-        self.sessions.free.push(id);
+        self.registry.live.fetch_sub(1, AtomicOrdering::Relaxed);
+        // A session worker's slot waits for worker 0 to confirm the unbinding.
+        if !self
+            .awaiting_unbind
+            .get(id as usize)
+            .copied()
+            .unwrap_or(false)
+        {
+            self.sessions.free.push(id);
+        }
         self.lingering.retain(|&(l, _)| l != id);
     }
 
     /// Once a second: read buffers grown for a large frame and now empty are given back
     /// (not on the hot path, where a stream of large frames would regrow them each time).
-    fn housekeeping(&mut self) {
-        let now = Instant::now();
+    fn housekeeping(&mut self, now: Instant) {
         if now < self.next_housekeeping {
             return;
         }
@@ -746,11 +1176,10 @@ impl Worker {
 
     /// Moves lingering closes along: FIN once the last frames are out, drop once the peer
     /// closed too or the grace expired.
-    fn expire_lingering(&mut self) {
+    fn expire_lingering(&mut self, now: Instant) {
         if self.lingering.is_empty() {
             return;
         }
-        let now = Instant::now();
         let mut done = Vec::new();
         for &(id, deadline) in &self.lingering {
             let Some(s) = self.sessions.slots[id as usize].as_mut() else {
@@ -795,9 +1224,8 @@ impl Worker {
     }
 
     /// Pauses reading while a client is congested and ends clients that stay congested.
-    fn check_congestion(&mut self) {
+    fn check_congestion(&mut self, now: Instant) {
         let mark = self.limits.pause_mark;
-        let mut now = None;
         let mut congested = false;
         let mut slow = Vec::new();
         for (i, slot) in self.sessions.slots.iter_mut().enumerate() {
@@ -810,7 +1238,6 @@ impl Worker {
                 s.congested_since = None;
                 continue;
             }
-            let now = *now.get_or_insert_with(Instant::now);
             let since = *s.congested_since.get_or_insert(now);
             if queued > self.limits.queue_limit || now.duration_since(since) >= self.limits.stall {
                 slow.push((i as LocalId, queued));
@@ -832,15 +1259,41 @@ impl Worker {
             }
             self.close(id, CloseReason::SlowConsumer);
         }
-        if congested && !self.paused {
+        // The pause is daemon-wide: every worker holds its readers while any worker has
+        // a congested client.
+        let bit = self.congestion_bit();
+        if congested != self.congested_here {
+            if congested {
+                self.registry
+                    .congested
+                    .fetch_or(bit, AtomicOrdering::Relaxed);
+            } else {
+                self.registry
+                    .congested
+                    .fetch_and(!bit, AtomicOrdering::Relaxed);
+            }
+            self.congested_here = congested;
+        }
+        let elsewhere = self.registry.congested.load(AtomicOrdering::Relaxed) & !bit != 0;
+        let paused = congested || elsewhere;
+        if paused && !self.paused {
             self.counters.read_pauses += 1;
         }
-        self.paused = congested;
+        self.paused = paused;
+    }
+
+    fn congestion_bit(&self) -> u64 {
+        1 << (self.link.index % 64)
     }
 
     /// Says goodbye to every client, writes what it can within a short bound, closes all
     /// sockets and removes the Unix socket file.
     fn shutdown(&mut self) {
+        // Nothing read here any more can congest: release the other workers.
+        let bit = self.congestion_bit();
+        self.registry
+            .congested
+            .fetch_and(!bit, AtomicOrdering::Relaxed);
         tracing::info!(
             "shutting down: saying goodbye to {} clients",
             self.sessions.live

@@ -104,9 +104,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     stdout.flush()?;
     drop(stdout);
 
+    // The signal thread only asks the daemon's control plane to stop; that thread tells
+    // every data-plane worker.
     let stopper = handle.stopper();
-    let control = std::thread::Builder::new()
-        .name("conclave-control".into())
+    let signal_thread = std::thread::Builder::new()
+        .name("conclave-signals".into())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
                 tracing::info!(signal, "signal received; shutting down");
@@ -116,7 +118,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let result = handle.wait();
     // The worker may have stopped on its own (an error): release the signal thread.
     signal_handle.close();
-    let _ = control.join();
+    let _ = signal_thread.join();
     result?;
     tracing::info!("stopped");
     Ok(())
