@@ -1,6 +1,7 @@
 //! Conclave tools: helpers shared by the `conclave` CLI and `conclave-bench`.
 #![forbid(unsafe_code)]
 
+pub mod bench_common;
 pub mod demo;
 pub mod flood;
 pub mod keys_bench;

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,8 @@ use conclave_engine::config::Profile;
 use conclave_engine::io::BackendChoice;
 use hdrhistogram::Histogram;
 
-use crate::flood::{self, median_min_max};
+use crate::bench_common::{PlotPoint, Reaped, fmt_range, throughput_svg};
+use crate::flood;
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -70,31 +71,8 @@ pub struct RingBench {
 
 const NAMES: [&str; 3] = ["d0", "d1", "d2"];
 
-/// A child process terminated when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.0.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
 struct Cluster {
-    procs: Vec<Proc>,
+    procs: Vec<Reaped>,
     sockets: Vec<PathBuf>,
     dir: PathBuf,
     backend: String,
@@ -177,7 +155,7 @@ fn start_cluster(args: &RingBench) -> AnyResult<Cluster> {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let out = child.stdout.take().ok_or("no stdout from conclaved")?;
-        procs.push(Proc(child));
+        procs.push(Reaped(child));
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
@@ -506,13 +484,6 @@ impl Row {
     }
 }
 
-fn fmt_range(v: &[f64], digits: usize) -> String {
-    match median_min_max(v) {
-        Some((m, lo, hi)) => format!("{m:.digits$} ({lo:.digits$}-{hi:.digits$})"),
-        None => "-".into(),
-    }
-}
-
 /// Runs the benchmark; prints the table and writes `ring.{md,csv,svg}`.
 pub fn run(args: RingBench) -> AnyResult<()> {
     let out_dir = match &args.out {
@@ -635,11 +606,11 @@ pub fn run(args: RingBench) -> AnyResult<()> {
             r.service,
             r.senders,
             r.size,
-            fmt_range(&r.msgs, 0),
-            fmt_range(&r.mbs, 1),
-            fmt_range(&r.slowest, 0),
-            fmt_range(&r.p50, 0),
-            fmt_range(&r.p99, 0),
+            fmt_range(&r.msgs, 1.0, 0),
+            fmt_range(&r.mbs, 1.0, 1),
+            fmt_range(&r.slowest, 1.0, 0),
+            fmt_range(&r.p50, 1.0, 0),
+            fmt_range(&r.p99, 1.0, 0),
             r.missing,
             r.out_of_order
         );
@@ -655,7 +626,21 @@ pub fn run(args: RingBench) -> AnyResult<()> {
         out_dir.join("ring.md"),
     );
     std::fs::write(&csv_path, csv)?;
-    std::fs::write(&svg_path, svg_plot(&rows))?;
+    let points: Vec<PlotPoint<'_>> = rows
+        .iter()
+        .map(|r| PlotPoint {
+            series: format!("{} sender(s)", r.label()),
+            size: r.size,
+            msgs: &r.msgs,
+            mbs: &r.mbs,
+        })
+        .collect();
+    let svg = throughput_svg(
+        &points,
+        "messages/s per receiver (thousands)",
+        "MB/s per receiver",
+    );
+    std::fs::write(&svg_path, svg)?;
     std::fs::write(&md_path, &table)?;
     println!(
         "wrote {}, {} and {}",
@@ -668,117 +653,4 @@ pub fn run(args: RingBench) -> AnyResult<()> {
         return Err(format!("{bad} messages lost or out of order").into());
     }
     Ok(())
-}
-
-/// Two panels (msgs/s and MB/s per receiver against payload size, log x), one line per
-/// service x senders, with min-max whiskers.
-fn svg_plot(rows: &[Row]) -> String {
-    let (w, h) = (900.0, 380.0);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
-    let mut series: Vec<String> = Vec::new();
-    for r in rows {
-        if !series.contains(&r.label()) {
-            series.push(r.label());
-        }
-    }
-    let colors = [
-        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
-    ];
-    let (xmin, xmax) = rows.iter().fold((f64::MAX, f64::MIN), |(a, b), r| {
-        (a.min(r.size as f64), b.max(r.size as f64))
-    });
-    type Get = fn(&Row) -> &Vec<f64>;
-    let panels: [(&str, Get, f64); 2] = [
-        ("messages/s per receiver (thousands)", |r| &r.msgs, 1e3),
-        ("MB/s per receiver", |r| &r.mbs, 1.0),
-    ];
-    for (pi, (title, get, scale)) in panels.iter().enumerate() {
-        let x0 = 70.0 + pi as f64 * 440.0;
-        let (pw, ph, y0) = (360.0, 260.0, 50.0);
-        let ymax = rows
-            .iter()
-            .flat_map(|r| get(r).iter())
-            .fold(0.0f64, |a, &b| a.max(b / scale))
-            .max(1.0)
-            * 1.1;
-        let xmap = |x: f64| {
-            if xmax > xmin {
-                x0 + (x.ln() - xmin.ln()) / (xmax.ln() - xmin.ln()) * pw
-            } else {
-                x0 + pw / 2.0
-            }
-        };
-        let ymap = |y: f64| y0 + ph - y / ymax * ph;
-        let _ = writeln!(
-            s,
-            "<text x=\"{}\" y=\"30\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n<line x1=\"{x0}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{}\" stroke=\"black\"/>",
-            x0 + pw / 2.0,
-            y0 + ph,
-            x0 + pw,
-            y0 + ph,
-            y0 + ph
-        );
-        for i in 0..=4 {
-            let v = ymax * f64::from(i) / 4.0;
-            let _ = writeln!(
-                s,
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{v:.0}</text><line x1=\"{x0}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>",
-                x0 - 5.0,
-                ymap(v) + 4.0,
-                x0 + pw,
-                y = ymap(v)
-            );
-        }
-        let mut sizes: Vec<usize> = rows.iter().map(|r| r.size).collect();
-        sizes.sort_unstable();
-        sizes.dedup();
-        for size in sizes {
-            let _ = writeln!(
-                s,
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{size} B</text>",
-                xmap(size as f64),
-                y0 + ph + 18.0
-            );
-        }
-        for (si, label) in series.iter().enumerate() {
-            let color = colors[si % colors.len()];
-            let pts: Vec<(f64, f64, f64, f64)> = rows
-                .iter()
-                .filter(|r| r.label() == *label)
-                .filter_map(|r| {
-                    median_min_max(get(r))
-                        .map(|(m, lo, hi)| (r.size as f64, m / scale, lo / scale, hi / scale))
-                })
-                .collect();
-            let path: Vec<String> = pts
-                .iter()
-                .map(|&(x, y, _, _)| format!("{:.1},{:.1}", xmap(x), ymap(y)))
-                .collect();
-            let _ = writeln!(
-                s,
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
-                path.join(" ")
-            );
-            for &(x, y, lo, hi) in &pts {
-                let _ = writeln!(
-                    s,
-                    "<circle cx=\"{cx:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/><line x1=\"{cx:.1}\" y1=\"{:.1}\" x2=\"{cx:.1}\" y2=\"{:.1}\" stroke=\"{color}\"/>",
-                    ymap(y),
-                    ymap(lo),
-                    ymap(hi),
-                    cx = xmap(x)
-                );
-            }
-            let _ = writeln!(
-                s,
-                "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{label} sender(s)</text>",
-                x0 + 10.0,
-                y0 + 15.0 + 15.0 * si as f64
-            );
-        }
-    }
-    s.push_str("</svg>\n");
-    s
 }

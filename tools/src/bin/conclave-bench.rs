@@ -9,13 +9,14 @@
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command as Process, ExitCode, Stdio};
+use std::process::{ChildStdout, Command as Process, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use conclave::Service;
-use conclave_tools::flood::{Report, median_min_max, process_cpu_seconds};
+use conclave_tools::bench_common::{PlotPoint, Reaped, fmt_range, throughput_svg};
+use conclave_tools::flood::{Report, process_cpu_seconds};
 
 #[derive(Parser)]
 #[command(name = "conclave-bench", version, about = "Conclave benchmark harness")]
@@ -93,29 +94,6 @@ fn main() -> ExitCode {
 }
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
-
-/// A child process killed when dropped, so no run leaves a stray daemon behind.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = Process::new("kill")
-                .arg("-TERM")
-                .arg(self.0.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
 
 /// Lines of a child's stdout, read on a thread so that waiting can time out.
 fn line_reader(out: ChildStdout) -> mpsc::Receiver<String> {
@@ -292,9 +270,6 @@ fn run_once(
     })
 }
 
-/// Picks one measured series out of a row.
-type Metric = fn(&Row) -> &Vec<f64>;
-
 struct Row {
     transport: String,
     size: usize,
@@ -437,7 +412,17 @@ fn flood(args: FloodBench) -> AnyResult<()> {
     let svg_path = out_dir.join("flood.svg");
     let md_path = out_dir.join("flood.md");
     std::fs::write(&csv_path, csv)?;
-    std::fs::write(&svg_path, svg_plot(&rows))?;
+    let points: Vec<PlotPoint<'_>> = rows
+        .iter()
+        .map(|r| PlotPoint {
+            series: r.transport.clone(),
+            size: r.size,
+            msgs: &r.msgs,
+            mbs: &r.mbs,
+        })
+        .collect();
+    let svg = throughput_svg(&points, "messages/s (thousands)", "MB/s");
+    std::fs::write(&svg_path, svg)?;
     std::fs::write(&md_path, &table)?;
     println!(
         "wrote {}, {} and {}",
@@ -446,19 +431,6 @@ fn flood(args: FloodBench) -> AnyResult<()> {
         md_path.display()
     );
     Ok(())
-}
-
-fn fmt_range(v: &[f64], scale: f64, digits: usize) -> String {
-    match median_min_max(v) {
-        Some((m, lo, hi)) => format!(
-            "{:.d$} ({:.d$}-{:.d$})",
-            m / scale,
-            lo / scale,
-            hi / scale,
-            d = digits
-        ),
-        None => "-".into(),
-    }
 }
 
 fn markdown_table(rows: &[Row], service: &str, repeats: usize) -> String {
@@ -484,115 +456,4 @@ fn markdown_table(rows: &[Row], service: &str, repeats: usize) -> String {
         );
     }
     t
-}
-
-/// Two panels (msgs/s and MB/s against payload size, log x), one line per transport,
-/// with min-max whiskers at each point.
-fn svg_plot(rows: &[Row]) -> String {
-    let (w, h) = (900.0, 380.0);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
-    let mut transports: Vec<&str> = rows.iter().map(|r| r.transport.as_str()).collect();
-    transports.dedup();
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
-    let sizes: Vec<f64> = rows.iter().map(|r| r.size as f64).collect();
-    let (xmin, xmax) = sizes
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-    let panels: [(&str, Metric, f64); 2] = [
-        ("messages/s (thousands)", |r| &r.msgs, 1e3),
-        ("MB/s", |r| &r.mbs, 1.0),
-    ];
-    for (pi, (title, get, scale)) in panels.iter().enumerate() {
-        let x0 = 70.0 + pi as f64 * 440.0;
-        let (pw, ph, y0) = (360.0, 260.0, 50.0);
-        let ymax = rows
-            .iter()
-            .flat_map(|r| get(r).iter())
-            .fold(0.0f64, |a, &b| a.max(b / scale))
-            .max(1.0)
-            * 1.1;
-        let xmap = |x: f64| {
-            if xmax > xmin {
-                x0 + (x.ln() - xmin.ln()) / (xmax.ln() - xmin.ln()) * pw
-            } else {
-                x0 + pw / 2.0
-            }
-        };
-        let ymap = |y: f64| y0 + ph - y / ymax * ph;
-        let _ = writeln!(
-            s,
-            "<text x=\"{}\" y=\"30\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n<line x1=\"{x0}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{}\" stroke=\"black\"/>",
-            x0 + pw / 2.0,
-            y0 + ph,
-            x0 + pw,
-            y0 + ph,
-            y0 + ph
-        );
-        for i in 0..=4 {
-            let v = ymax * f64::from(i) / 4.0;
-            let _ = writeln!(
-                s,
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.0}</text><line x1=\"{x0}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>",
-                x0 - 5.0,
-                ymap(v) + 4.0,
-                v,
-                x0 + pw,
-                y = ymap(v)
-            );
-        }
-        let mut seen = Vec::new();
-        for r in rows {
-            if !seen.contains(&r.size) {
-                seen.push(r.size);
-                let _ = writeln!(
-                    s,
-                    "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{} B</text>",
-                    xmap(r.size as f64),
-                    y0 + ph + 18.0,
-                    r.size
-                );
-            }
-        }
-        for (ti, t) in transports.iter().enumerate() {
-            let color = colors[ti % colors.len()];
-            let pts: Vec<(f64, f64, f64, f64)> = rows
-                .iter()
-                .filter(|r| r.transport == *t)
-                .filter_map(|r| {
-                    median_min_max(get(r))
-                        .map(|(m, lo, hi)| (r.size as f64, m / scale, lo / scale, hi / scale))
-                })
-                .collect();
-            let path: Vec<String> = pts
-                .iter()
-                .map(|&(x, y, _, _)| format!("{:.1},{:.1}", xmap(x), ymap(y)))
-                .collect();
-            let _ = writeln!(
-                s,
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
-                path.join(" ")
-            );
-            for &(x, y, lo, hi) in &pts {
-                let _ = writeln!(
-                    s,
-                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/><line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"{color}\"/>",
-                    xmap(x),
-                    ymap(y),
-                    ymap(lo),
-                    ymap(hi),
-                    x = xmap(x)
-                );
-            }
-            let _ = writeln!(
-                s,
-                "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{t}</text>",
-                x0 + 10.0,
-                y0 + 15.0 + 15.0 * ti as f64
-            );
-        }
-    }
-    s.push_str("</svg>\n");
-    s
 }
