@@ -1,7 +1,9 @@
-//! Known-answer vectors for TGDH and STR: fixed seeds, fixed scenarios, and the blinded
-//! keys and group secrets they must produce, kept in `tests/vectors/{tgdh,str}.json`
-//! (format in docs/keys.md). Any change to the math, the tree shapes or the message
-//! order shows up here as a byte difference.
+//! Known-answer vectors for all five protocols: fixed seeds, fixed scenarios, and the
+//! public values and group secrets they must produce, kept in `tests/vectors/<protocol>.json`
+//! (format `conclave-kat-v1`, docs/keys.md). The `blinded_keys` entries are the trees'
+//! blinded keys for TGDH and STR, and each protocol's public values otherwise: GDH's partial
+//! keys `partial:<member>`, BD's `z:<member>`/`X:<member>`, CKD's blinded values. Any
+//! change to the math, the tree shapes or the message order shows up as a byte difference.
 //!
 //! Regenerate (only after a deliberate change) with
 //! `CONCLAVE_REGEN_VECTORS=1 cargo test -p conclave-control --test vectors`.
@@ -10,6 +12,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use conclave_control::keys::bd::Bd;
+use conclave_control::keys::ckd::Ckd;
+use conclave_control::keys::gdh::Gdh;
 use conclave_control::keys::modp::Modp2048;
 use conclave_control::keys::str_tree::Str;
 use conclave_control::keys::tgdh::{NodeView, Tgdh};
@@ -58,19 +63,57 @@ const SCENARIOS: [Scenario; 3] = [
     },
 ];
 
+/// An instance whose public values the vectors record, as `{node, bk}` JSON entries.
 trait Instance: KeyAgreement {
-    fn snapshot(&self) -> Vec<NodeView>;
+    fn snapshot(&self) -> Vec<Value>;
+}
+
+fn tree_entries(nodes: Vec<NodeView>) -> Vec<Value> {
+    nodes
+        .into_iter()
+        .map(|n| {
+            json!({
+                "node": n.members.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","),
+                "bk": n.blinded_key.as_deref().map(hex),
+            })
+        })
+        .collect()
+}
+
+fn named_entries(values: Vec<(String, Vec<u8>)>) -> Vec<Value> {
+    values
+        .into_iter()
+        .map(|(node, bk)| json!({ "node": node, "bk": hex(&bk) }))
+        .collect()
 }
 
 impl<G: DhGroup> Instance for Tgdh<G> {
-    fn snapshot(&self) -> Vec<NodeView> {
-        Tgdh::snapshot(self)
+    fn snapshot(&self) -> Vec<Value> {
+        tree_entries(Tgdh::snapshot(self))
     }
 }
 
 impl<G: DhGroup> Instance for Str<G> {
-    fn snapshot(&self) -> Vec<NodeView> {
-        Str::snapshot(self)
+    fn snapshot(&self) -> Vec<Value> {
+        tree_entries(Str::snapshot(self))
+    }
+}
+
+impl<G: DhGroup> Instance for Gdh<G> {
+    fn snapshot(&self) -> Vec<Value> {
+        named_entries(self.public_values())
+    }
+}
+
+impl<G: DhGroup> Instance for Bd<G> {
+    fn snapshot(&self) -> Vec<Value> {
+        named_entries(self.public_values())
+    }
+}
+
+impl<G: DhGroup> Instance for Ckd<G> {
+    fn snapshot(&self) -> Vec<Value> {
+        named_entries(self.public_values())
     }
 }
 
@@ -81,7 +124,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Plays one scenario with seeded randomness and in-order delivery; records, after each
-/// view, the oldest member's tree and the group secret all members agreed on.
+/// view, the oldest member's public values and the group secret all members agreed on.
 fn play(make: Make, seed: u64, scenario: &Scenario) -> Value {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let ids: BTreeMap<MemberId, Arc<Identity>> = NAMES
@@ -143,16 +186,7 @@ fn play(make: Make, seed: u64, scenario: &Scenario) -> Value {
         for m in &view.members {
             assert_eq!(insts[m].current_key(), Some(&key), "{m} disagrees");
         }
-        let tree: Vec<Value> = oldest
-            .snapshot()
-            .into_iter()
-            .map(|n| {
-                json!({
-                    "node": n.members.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","),
-                    "bk": n.blinded_key.as_deref().map(hex),
-                })
-            })
-            .collect();
+        let tree = oldest.snapshot();
         steps.push(json!({
             "event": scenario.event_names[i],
             "epoch": view.epoch,
@@ -243,6 +277,46 @@ fn str_known_answers() {
                 Box::new(Str::new(Ristretto255, i, d))
             }),
             ("modp2048", |i, d| Box::new(Str::new(Modp2048, i, d))),
+        ],
+    );
+}
+
+#[test]
+fn gdh_known_answers() {
+    check(
+        "gdh.json",
+        "gdh",
+        &[
+            ("ristretto255", |i, d| {
+                Box::new(Gdh::new(Ristretto255, i, d))
+            }),
+            ("modp2048", |i, d| Box::new(Gdh::new(Modp2048, i, d))),
+        ],
+    );
+}
+
+#[test]
+fn bd_known_answers() {
+    check(
+        "bd.json",
+        "bd",
+        &[
+            ("ristretto255", |i, d| Box::new(Bd::new(Ristretto255, i, d))),
+            ("modp2048", |i, d| Box::new(Bd::new(Modp2048, i, d))),
+        ],
+    );
+}
+
+#[test]
+fn ckd_known_answers() {
+    check(
+        "ckd.json",
+        "ckd",
+        &[
+            ("ristretto255", |i, d| {
+                Box::new(Ckd::new(Ristretto255, i, d))
+            }),
+            ("modp2048", |i, d| Box::new(Ckd::new(Modp2048, i, d))),
         ],
     );
 }
