@@ -728,6 +728,21 @@ impl Ring {
 
     /// Writes the next datagram to send into `buf` (cleared first) and says where it goes.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        self.poll_transmit_with(now, |t, bytes| {
+            buf.clear();
+            buf.extend_from_slice(bytes);
+            t
+        })
+    }
+
+    /// Like [`Ring::poll_transmit`], but lends the next datagram to `emit` where the ring
+    /// keeps it, so that the caller can write it straight into its send buffer; returns
+    /// what `emit` returns, or `None` when nothing is waiting to go out.
+    pub fn poll_transmit_with<R>(
+        &mut self,
+        now: Instant,
+        emit: impl FnOnce(Transmit, &[u8]) -> R,
+    ) -> Option<R> {
         if self.held_until.is_some() && !self.pending.is_empty() {
             self.held_until = None;
             self.send_phase(now);
@@ -737,23 +752,20 @@ impl Ring {
                 Out::Data { seq, retransmit } => {
                     // A packet collected before it left needs no sending: everyone has it.
                     if let Some(p) = self.store.get(seq) {
-                        buf.clear();
-                        buf.extend_from_slice(p);
                         if retransmit {
                             self.stats.retransmissions_sent += 1;
                         } else {
                             self.stats.data_sent += 1;
                         }
-                        return Some(Transmit { dest: Dest::All });
+                        return Some(emit(Transmit { dest: Dest::All }, p));
                     }
                 }
                 Out::Token => {
-                    buf.clear();
-                    buf.extend_from_slice(&self.token_buf);
                     self.stats.tokens_sent += 1;
-                    return Some(Transmit {
+                    let t = Transmit {
                         dest: Dest::One(self.succ),
-                    });
+                    };
+                    return Some(emit(t, &self.token_buf));
                 }
             }
         }
