@@ -112,8 +112,6 @@ pub struct RingSequencer {
     names: Vec<String>,
     by_addr: HashMap<SocketAddr, DaemonIdx>,
     me: DaemonIdx,
-    /// Encoding scratch for one event.
-    scratch: Vec<u8>,
     /// Ring address of every daemon but this one: where a multicast goes.
     others: Vec<SocketAddr>,
     /// Events the ring refused for backpressure, in order; while any wait here every new
@@ -232,7 +230,6 @@ impl RingSequencer {
             names: order.into_iter().map(|(n, _)| n).collect(),
             by_addr,
             me,
-            scratch: Vec::new(),
             others,
             held: VecDeque::new(),
             ordered: 0,
@@ -256,7 +253,13 @@ impl RingSequencer {
     }
 
     fn offer(&mut self, service: Service, bytes: &[u8]) -> bool {
-        match self.ring.submit(service, bytes) {
+        let r = self.ring.submit(service, bytes);
+        self.accepted(r)
+    }
+
+    /// Whether the ring took the event (or dropped it for good); false for backpressure.
+    fn accepted(&mut self, r: Result<(), SubmitError>) -> bool {
+        match r {
             Ok(()) => true,
             Err(SubmitError::Backpressure) => false,
             Err(SubmitError::TooLarge { len, max }) => {
@@ -357,14 +360,17 @@ impl Sequencer for RingSequencer {
             } => Service::Safe,
             _ => Service::Agreed,
         };
-        let mut bytes = std::mem::take(&mut self.scratch);
-        bytes.clear();
-        event.encode(&mut bytes);
-        if !self.held.is_empty() || !self.offer(service, &bytes) {
-            self.stats.held_back += 1;
-            self.held.push_back((service, bytes.clone()));
+        // Encoded straight into the ring's send queue: one copy of the client's payload.
+        if self.held.is_empty() {
+            let r = self.ring.submit_with(service, |buf| event.encode(buf));
+            if self.accepted(r) {
+                return;
+            }
         }
-        self.scratch = bytes;
+        self.stats.held_back += 1;
+        let mut bytes = Vec::new();
+        event.encode(&mut bytes);
+        self.held.push_back((service, bytes));
     }
 
     fn ordered(&self) -> u64 {
