@@ -5,7 +5,9 @@
 //! Memory the kernel may touch lives in [`Region`]s that never move. A receive buffer is
 //! the kernel's from the moment its entry is published in the provided-buffer ring until
 //! its completion is reaped; a send slot is the kernel's from the moment its SQE is queued
-//! until its completion is reaped. Dropping the backend cancels the receive, waits for
+//! until its completion is reaped. A multicast queues one `SendMsg` per destination, each
+//! with a slot of its own for header and address, all reading the buffer of the first
+//! slot, which stays busy until the last of those completions is reaped. Dropping the backend cancels the receive, waits for
 //! every completion, and leaks the memory rather than freeing it if that wait fails.
 
 use std::io;
