@@ -162,9 +162,9 @@ const TOKEN_HORIZON: u64 = 1 << 40;
 
 /// Services delivered on receipt rather than in the total order.
 /// Most message buffers kept for reuse by the send queue.
-const MSG_POOL_MAX: usize = 1024;
+const MSG_POOL_MAX: usize = 256;
 /// Largest message buffer kept for reuse (a rare huge message must not pin its memory).
-const MSG_POOL_BUF_MAX: usize = 128 * 1024;
+const MSG_POOL_BUF_MAX: usize = 64 * 1024;
 
 /// Keeps a packed (or refused) message's buffer for a later submit, within the bounds above.
 fn recycle_into(pool: &mut Vec<Vec<u8>>, bytes: Vec<u8>) {
