@@ -516,3 +516,103 @@ fn created_on_a_thread_that_exits_then_used_on_another() {
         assert_eq!(b.stats().recv_errors, 0);
     }
 }
+
+/// Multicasts (and single sends between them) from a sender whose pool holds fewer slots
+/// than a few multicasts need, so every buffer is reused many times: a buffer handed back
+/// before all of its sends had completed would show up as a wrong payload somewhere.
+fn multicast_with_reuse(kind: Kind) {
+    let small = IoOptions {
+        ring_entries: 4,
+        batch: 4,
+        ..kind_opts(kind)
+    };
+    let mut a = bind(small);
+    let mut rx: Vec<UdpIo> = (0..3).map(|_| bind(kind_opts(kind))).collect();
+    let dests: Vec<SocketAddr> = rx.iter().map(|r| r.local_addr()).collect();
+    const ROUNDS: u32 = 150;
+    let mut fills = 0;
+    for seq in 0..ROUNDS {
+        let len = 100 + (seq as usize * 37) % 1400;
+        let p = payload(seq, len);
+        if seq % 5 == 4 {
+            // A single send to the middle receiver only.
+            a.push_send_with(dests[1], len, |buf| buf.copy_from_slice(&p))
+                .unwrap();
+        } else {
+            a.push_multicast_with(&dests, len, |buf| {
+                fills += 1;
+                buf.copy_from_slice(&p)
+            })
+            .unwrap();
+        }
+    }
+    a.flush().unwrap();
+    let multicasts = (0..ROUNDS).filter(|s| s % 5 != 4).count();
+    assert_eq!(fills, multicasts, "fill runs once per multicast");
+    for (r, io) in rx.iter_mut().enumerate() {
+        let want: Vec<u32> = (0..ROUNDS).filter(|s| r == 1 || s % 5 != 4).collect();
+        let got = collect(io, want.len());
+        assert_eq!(got.len(), want.len(), "{kind:?} receiver {r}");
+        for ((from, p), &seq) in got.iter().zip(&want) {
+            assert_eq!(*from, a.local_addr());
+            let len = 100 + (seq as usize * 37) % 1400;
+            assert!(
+                *p == payload(seq, len),
+                "{kind:?} receiver {r}: datagram {seq} wrong or out of order"
+            );
+        }
+    }
+    let total = (multicasts * 3 + (ROUNDS as usize - multicasts)) as u64;
+    let end = Instant::now() + Duration::from_secs(5);
+    while a.stats().sent < total && Instant::now() < end {
+        a.submit_and_poll(Some(Duration::from_millis(5)), |_, _| {})
+            .unwrap();
+    }
+    assert_eq!(a.stats().sent, total, "{kind:?}");
+    assert_eq!(a.stats().send_errors, 0);
+}
+
+#[test]
+fn multicast_reaches_every_destination_and_buffers_come_back() {
+    for kind in kinds() {
+        multicast_with_reuse(kind);
+    }
+}
+
+#[test]
+fn multicast_wider_than_the_pool_and_edge_cases() {
+    for kind in kinds() {
+        // 4 slots (io_uring) or a batch of 4 (fallback) for 6 destinations: split in
+        // two, every destination still gets the datagram once.
+        let mut a = bind(IoOptions {
+            ring_entries: 4,
+            batch: 4,
+            ..kind_opts(kind)
+        });
+        let mut rx: Vec<UdpIo> = (0..6).map(|_| bind(kind_opts(kind))).collect();
+        let dests: Vec<SocketAddr> = rx.iter().map(|r| r.local_addr()).collect();
+        let mut fills = 0;
+        for seq in 0..3u32 {
+            a.push_multicast_with(&dests, 900, |buf| {
+                fills += 1;
+                buf.copy_from_slice(&payload(seq, 900))
+            })
+            .unwrap();
+        }
+        assert_eq!(fills, 3);
+        // No destination: nothing written, nothing sent.
+        a.push_multicast_with(&[], 10, |_| panic!("fill called without destinations"))
+            .unwrap();
+        assert!(matches!(
+            a.push_multicast(&dests, &vec![0; 65537]),
+            Err(IoError::TooLarge { .. })
+        ));
+        a.flush().unwrap();
+        for (r, io) in rx.iter_mut().enumerate() {
+            let got = collect(io, 3);
+            let want: Vec<Vec<u8>> = (0..3).map(|s| payload(s, 900)).collect();
+            let got: Vec<Vec<u8>> = got.into_iter().map(|(_, p)| p).collect();
+            assert_eq!(got, want, "{kind:?} receiver {r}");
+        }
+    }
+}

@@ -112,10 +112,8 @@ pub struct RingSequencer {
     names: Vec<String>,
     by_addr: HashMap<SocketAddr, DaemonIdx>,
     me: DaemonIdx,
-    /// Encoding scratch for one event.
-    scratch: Vec<u8>,
-    /// One datagram from the ring on its way to the UDP layer.
-    tx: Vec<u8>,
+    /// Ring address of every daemon but this one: where a multicast goes.
+    others: Vec<SocketAddr>,
     /// Events the ring refused for backpressure, in order; while any wait here every new
     /// event queues behind them, so the order of submission is kept.
     held: VecDeque<(Service, Vec<u8>)>,
@@ -212,6 +210,12 @@ impl RingSequencer {
             .enumerate()
             .map(|(i, (_, a))| (*a, DaemonIdx(u16::try_from(i).unwrap_or(u16::MAX))))
             .collect();
+        let others = order
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != pos)
+            .map(|(_, (_, a))| *a)
+            .collect();
         tracing::info!(
             me = me.0,
             daemons = order.len(),
@@ -226,8 +230,7 @@ impl RingSequencer {
             names: order.into_iter().map(|(n, _)| n).collect(),
             by_addr,
             me,
-            scratch: Vec::new(),
-            tx: Vec::new(),
+            others,
             held: VecDeque::new(),
             ordered: 0,
             more: false,
@@ -250,7 +253,13 @@ impl RingSequencer {
     }
 
     fn offer(&mut self, service: Service, bytes: &[u8]) -> bool {
-        match self.ring.submit(service, bytes) {
+        let r = self.ring.submit(service, bytes);
+        self.accepted(r)
+    }
+
+    /// Whether the ring took the event (or dropped it for good); false for backpressure.
+    fn accepted(&mut self, r: Result<(), SubmitError>) -> bool {
+        match r {
             Ok(()) => true,
             Err(SubmitError::Backpressure) => false,
             Err(SubmitError::TooLarge { len, max }) => {
@@ -272,24 +281,25 @@ impl RingSequencer {
     }
 
     fn queue_transmits(&mut self, now: Instant) {
-        while let Some(t) = self.ring.poll_transmit(now, &mut self.tx) {
-            let result = match t.dest {
-                Dest::All => {
-                    let mut r = Ok(());
-                    for (i, addr) in self.peers.iter().enumerate() {
-                        if i != usize::from(self.me.0) {
-                            r = r.and(self.udp.push_send(*addr, &self.tx));
-                        }
-                    }
-                    r
-                }
-                Dest::One(d) => match self.peers.get(usize::from(d.0)) {
-                    Some(addr) => self.udp.push_send(*addr, &self.tx),
-                    None => Ok(()),
-                },
-            };
+        let Self {
+            ring,
+            udp,
+            peers,
+            others,
+            stats,
+            ..
+        } = self;
+        // Each datagram goes from the ring's store straight into one pooled send buffer,
+        // which every peer's send then reads.
+        while let Some(result) = ring.poll_transmit_with(now, |t, bytes| match t.dest {
+            Dest::All => udp.push_multicast(others, bytes),
+            Dest::One(d) => match peers.get(usize::from(d.0)) {
+                Some(addr) => udp.push_send(*addr, bytes),
+                None => Ok(()),
+            },
+        }) {
             if let Err(e) = result {
-                self.stats.send_errors += 1;
+                stats.send_errors += 1;
                 tracing::debug!("ring send failed: {e}");
             }
         }
@@ -350,14 +360,17 @@ impl Sequencer for RingSequencer {
             } => Service::Safe,
             _ => Service::Agreed,
         };
-        let mut bytes = std::mem::take(&mut self.scratch);
-        bytes.clear();
-        event.encode(&mut bytes);
-        if !self.held.is_empty() || !self.offer(service, &bytes) {
-            self.stats.held_back += 1;
-            self.held.push_back((service, bytes.clone()));
+        // Encoded straight into the ring's send queue: one copy of the client's payload.
+        if self.held.is_empty() {
+            let r = self.ring.submit_with(service, |buf| event.encode(buf));
+            if self.accepted(r) {
+                return;
+            }
         }
-        self.scratch = bytes;
+        self.stats.held_back += 1;
+        let mut bytes = Vec::new();
+        event.encode(&mut bytes);
+        self.held.push_back((service, bytes));
     }
 
     fn ordered(&self) -> u64 {

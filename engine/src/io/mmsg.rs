@@ -27,6 +27,8 @@ pub(crate) struct MmsgIo {
     send_names: Vec<[u8; NAME_LEN]>,
     send_namelens: Vec<libc::socklen_t>,
     send_lens: Vec<usize>,
+    /// Which entry's buffer each queued send reads (a multicast shares its first entry's).
+    send_src: Vec<usize>,
     queued: usize,
     recv_buf: Vec<u8>,
     recv_names: Vec<[u8; NAME_LEN]>,
@@ -64,6 +66,7 @@ impl MmsgIo {
             send_names: vec![[0; NAME_LEN]; b],
             send_namelens: vec![0; b],
             send_lens: vec![0; b],
+            send_src: vec![0; b],
             queued: 0,
             recv_buf: vec![0; b * opts.buf_size],
             recv_names: vec![[0; NAME_LEN]; b],
@@ -95,21 +98,33 @@ impl MmsgIo {
         self.queued
     }
 
+    /// Largest `dests` that [`MmsgIo::push_send`] takes: one batch.
+    pub(crate) fn max_fanout(&self) -> usize {
+        self.batch
+    }
+
+    /// Queues one datagram for every address in `dests` (1..=batch of them), written once
+    /// into the first entry's buffer; `sendmmsg` copies it out once per entry.
     pub(crate) fn push_send(
         &mut self,
-        dest: SocketAddr,
+        dests: &[SocketAddr],
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<(), IoError> {
-        if self.queued == self.batch {
+        debug_assert!(!dests.is_empty() && dests.len() <= self.batch);
+        if self.queued + dests.len() > self.batch {
             self.flush()?;
         }
-        let i = self.queued;
-        let off = i * self.buf_size;
+        let first = self.queued;
+        let off = first * self.buf_size;
         fill(&mut self.send_buf[off..off + len]);
-        self.send_namelens[i] = sockaddr::encode(dest, &mut self.send_names[i]);
-        self.send_lens[i] = len;
-        self.queued += 1;
+        for (k, dest) in dests.iter().enumerate() {
+            let i = first + k;
+            self.send_namelens[i] = sockaddr::encode(*dest, &mut self.send_names[i]);
+            self.send_lens[i] = len;
+            self.send_src[i] = first;
+        }
+        self.queued += dests.len();
         if self.queued == self.batch {
             self.flush()?;
         }
@@ -166,7 +181,9 @@ impl MmsgIo {
         for k in 0..n {
             let i = start + k;
             self.iovs[k] = libc::iovec {
-                iov_base: self.send_buf[i * self.buf_size..].as_mut_ptr().cast(),
+                iov_base: self.send_buf[self.send_src[i] * self.buf_size..]
+                    .as_mut_ptr()
+                    .cast(),
                 iov_len: self.send_lens[i],
             };
             let h = &mut self.hdrs[k];
@@ -181,6 +198,8 @@ impl MmsgIo {
         }
         // SAFETY: hdrs[..n] were filled just above with pointers into our own vectors,
         // which stay borrowed (unchanged) for the duration of the call; n <= hdrs.len().
+        // The entries of one multicast point at the same buffer, which the kernel only
+        // reads, so sharing it is fine.
         let rc = unsafe {
             libc::sendmmsg(
                 self.sock.as_raw_fd(),
@@ -197,7 +216,8 @@ impl MmsgIo {
     }
 
     fn send_one(&mut self, i: usize) -> io::Result<usize> {
-        let buf = &self.send_buf[i * self.buf_size..i * self.buf_size + self.send_lens[i]];
+        let off = self.send_src[i] * self.buf_size;
+        let buf = &self.send_buf[off..off + self.send_lens[i]];
         // SAFETY: buf and the address are live slices of our own, with their true
         // lengths; the kernel only reads them during the call.
         let rc = unsafe {
@@ -443,7 +463,7 @@ mod tests {
         for n in 0..count {
             let mut d = vec![(n % 251) as u8; size];
             d[0] = n as u8;
-            a.push_send(to, size, |buf| buf.copy_from_slice(&d))
+            a.push_send(&[to], size, |buf| buf.copy_from_slice(&d))
                 .unwrap();
         }
         a.flush().unwrap();
@@ -474,7 +494,7 @@ mod tests {
         assert_eq!(a.stats().sent, 10);
         // 1500 > b's 1000-byte buffers: counted, not delivered; the next one still is.
         let to = b.local_addr();
-        a.push_send(to, 1500, |buf| buf.fill(1)).unwrap();
+        a.push_send(&[to], 1500, |buf| buf.fill(1)).unwrap();
         let got = exchange(&mut a, &mut b, 1, 7);
         assert_eq!(got, vec![vec![0u8; 7]]);
         assert_eq!(b.stats().truncated, 1);

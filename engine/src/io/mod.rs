@@ -21,7 +21,9 @@
 //!
 //! A data-plane worker reads the clock once per cycle and does all of its UDP I/O in one
 //! batch. Sends are queued with [`UdpIo::push_send`] (copies into a pooled buffer) or
-//! [`UdpIo::push_send_with`] (the caller writes straight into the pooled buffer); queuing
+//! [`UdpIo::push_send_with`] (the caller writes straight into the pooled buffer), and one
+//! datagram for several peers with [`UdpIo::push_multicast_with`] (written once, every
+//! send reading the same pooled buffer); queuing
 //! never makes a system call unless `batch` sends are already waiting (so a `batch` at
 //! least as large as a cycle's sends gives exactly one system call per cycle). Then
 //! [`UdpIo::submit_and_poll`] hands every queued send (and, for io_uring, a receive re-arm
@@ -345,9 +347,61 @@ impl UdpIo {
                 max: self.buf_size(),
             });
         }
+        self.push_multicast_with(&[dest], len, fill)
+    }
+
+    /// Queues a copy of `bytes` for every address in `dests`, copying it once (see
+    /// [`UdpIo::push_multicast_with`]).
+    pub fn push_multicast(&mut self, dests: &[SocketAddr], bytes: &[u8]) -> Result<(), IoError> {
+        self.push_multicast_with(dests, bytes.len(), |buf| buf.copy_from_slice(bytes))
+    }
+
+    /// Queues one datagram of `len` bytes for every address in `dests`; `fill` writes it
+    /// once, straight into one pooled buffer (exactly `len` bytes long), and every send
+    /// reads that same buffer, which goes back to the pool only when all of them have
+    /// completed. `fill` is not called when `dests` is empty. A `dests` longer than the
+    /// pool (`ring_entries` send slots for io_uring, `batch` for the fallback) costs one
+    /// extra copy per destination instead.
+    pub fn push_multicast_with(
+        &mut self,
+        dests: &[SocketAddr],
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(), IoError> {
+        if len > self.buf_size() {
+            return Err(IoError::TooLarge {
+                len,
+                max: self.buf_size(),
+            });
+        }
+        if dests.is_empty() {
+            return Ok(());
+        }
+        let fanout = match &self.inner {
+            Inner::Uring(u) => u.max_fanout(),
+            Inner::Mmsg(m) => m.max_fanout(),
+        };
+        if dests.len() > fanout {
+            let mut tmp = vec![0; len];
+            fill(&mut tmp);
+            for chunk in dests.chunks(fanout) {
+                self.push_fanout(chunk, len, |buf| buf.copy_from_slice(&tmp))?;
+            }
+            return Ok(());
+        }
+        self.push_fanout(dests, len, fill)
+    }
+
+    /// `dests` is 1..=the backend's fan-out long and `len` fits a buffer.
+    fn push_fanout(
+        &mut self,
+        dests: &[SocketAddr],
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(), IoError> {
         match &mut self.inner {
-            Inner::Uring(u) => u.push_send(dest, len, fill),
-            Inner::Mmsg(m) => m.push_send(dest, len, fill),
+            Inner::Uring(u) => u.push_send(dests, len, fill),
+            Inner::Mmsg(m) => m.push_send(dests, len, fill),
         }
     }
 

@@ -5,7 +5,9 @@
 //! Memory the kernel may touch lives in [`Region`]s that never move. A receive buffer is
 //! the kernel's from the moment its entry is published in the provided-buffer ring until
 //! its completion is reaped; a send slot is the kernel's from the moment its SQE is queued
-//! until its completion is reaped. Dropping the backend cancels the receive, waits for
+//! until its completion is reaped. A multicast queues one `SendMsg` per destination, each
+//! with a slot of its own for header and address, all reading the buffer of the first
+//! slot, which stays busy until the last of those completions is reaped. Dropping the backend cancels the receive, waits for
 //! every completion, and leaks the memory rather than freeing it if that wait fails.
 
 use std::io;
@@ -121,6 +123,14 @@ pub(crate) struct UringIo {
     meta: *mut MsgMeta,
     nslots: usize,
     send_free: Vec<u16>,
+    /// Per slot: in-flight sends using it, its own header or (for a multicast's first
+    /// slot) its buffer; it goes back on `send_free` when this reaches 0.
+    send_busy: Vec<u16>,
+    /// Per slot: the slot whose buffer its header points at (itself, or the first slot of
+    /// its multicast).
+    send_buf_of: Vec<u16>,
+    /// Slots taken for the multicast being queued (kept to avoid an allocation per send).
+    taking: Vec<u16>,
     send_in_flight: usize,
     unsubmitted_sends: usize,
     buf_ring_registered: bool,
@@ -219,6 +229,9 @@ impl UringIo {
             meta: meta_mem.base().cast(),
             nslots,
             send_free: (0..nbufs).rev().collect(),
+            send_busy: vec![0; nslots],
+            send_buf_of: (0..nbufs).collect(),
+            taking: Vec::with_capacity(nslots),
             send_in_flight: 0,
             unsubmitted_sends: 0,
             buf_ring_registered: false,
@@ -538,45 +551,98 @@ impl UringIo {
         Ok(())
     }
 
+    /// Largest `dests` that [`UringIo::push_send`] takes: every slot at once.
+    pub(crate) fn max_fanout(&self) -> usize {
+        self.nslots
+    }
+
+    /// Queues one `SendMsg` per address in `dests` (1..=nslots of them), each with a slot
+    /// of its own for header and address, all reading the buffer of the first slot, which
+    /// `fill` writes once.
     pub(crate) fn push_send(
         &mut self,
-        dest: SocketAddr,
+        dests: &[SocketAddr],
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<(), IoError> {
-        let slot = match self.send_free.last() {
-            Some(&s) => s,
-            None => self.reclaim_send_slot()?,
-        };
-        let i = usize::from(slot);
-        // SAFETY: slot i is free (on the free list), so the kernel is not reading its
-        // buffer; i < nslots and len <= buf_size keep the slice inside slot i.
-        let buf =
-            unsafe { std::slice::from_raw_parts_mut(self.send_base.add(i * self.buf_size), len) };
-        fill(buf);
-        self.send_free.pop();
-        // SAFETY: slot i is free, so its header is ours to rewrite; the pointers inside
-        // were set up by init_send_meta and still hold.
-        let msg = unsafe {
-            let m = self.meta.add(i);
-            (*m).msg.msg_namelen = sockaddr::encode(dest, &mut (*m).name);
-            (*m).iov.iov_len = len;
-            std::ptr::addr_of!((*m).msg)
-        };
-        let e = opcode::SendMsg::new(types::Fd(self.sock.as_raw_fd()), msg)
-            .build()
-            .user_data(slot as u64);
-        // SAFETY: the header, address and buffer of slot i stay untouched until the
-        // completion with user_data i is reaped, which puts the slot back on the free list.
-        if let Err(err) = unsafe { self.push_sqe(&e) } {
-            // Not queued, so the kernel never saw the slot: it is free again.
-            self.send_free.push(slot);
-            return Err(err);
-        }
-        self.send_in_flight += 1;
-        self.unsubmitted_sends += 1;
+        debug_assert!(!dests.is_empty() && dests.len() <= self.nslots);
+        let mut taking = std::mem::take(&mut self.taking);
+        taking.clear();
+        let r = self.take_slots(dests.len(), &mut taking);
+        let r = r.and_then(|()| self.queue_sends(dests, len, fill, &taking));
+        self.taking = taking;
+        r?;
         if self.unsubmitted_sends >= self.batch {
             self.enter(Wait::No)?;
+        }
+        Ok(())
+    }
+
+    /// Moves `n` free slots into `taking`, reclaiming from the kernel as needed; on error
+    /// they go back on the free list.
+    fn take_slots(&mut self, n: usize, taking: &mut Vec<u16>) -> Result<(), IoError> {
+        while taking.len() < n {
+            if self.send_free.is_empty() {
+                // Slots neither free nor taken here are in flight (n <= nslots), so a
+                // completion will come.
+                if let Err(e) = self.reclaim_send_slot() {
+                    self.send_free.append(taking);
+                    return Err(e);
+                }
+            }
+            if let Some(s) = self.send_free.pop() {
+                taking.push(s);
+            }
+        }
+        Ok(())
+    }
+
+    fn queue_sends(
+        &mut self,
+        dests: &[SocketAddr],
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+        taking: &[u16],
+    ) -> Result<(), IoError> {
+        let owner = taking[0];
+        let o = usize::from(owner);
+        // SAFETY: slot o was taken off the free list, so no send in flight reads its
+        // buffer; o < nslots and len <= buf_size keep the slice inside slot o.
+        let buf_ptr = unsafe { self.send_base.add(o * self.buf_size) };
+        // SAFETY: as above; the slice is dropped before any SQE referring to it is queued.
+        fill(unsafe { std::slice::from_raw_parts_mut(buf_ptr, len) });
+        for (k, (&slot, dest)) in taking.iter().zip(dests).enumerate() {
+            let i = usize::from(slot);
+            // SAFETY: slot i was taken off the free list, so its header is ours to rewrite;
+            // the name and iov pointers inside were set up by init_send_meta and still hold;
+            // the iov now points at the owner's buffer, inside the send region.
+            let msg = unsafe {
+                let m = self.meta.add(i);
+                (*m).msg.msg_namelen = sockaddr::encode(*dest, &mut (*m).name);
+                (*m).iov.iov_base = buf_ptr.cast();
+                (*m).iov.iov_len = len;
+                std::ptr::addr_of!((*m).msg)
+            };
+            let e = opcode::SendMsg::new(types::Fd(self.sock.as_raw_fd()), msg)
+                .build()
+                .user_data(slot as u64);
+            // SAFETY: slot i's header and address, and the owner's buffer, stay untouched
+            // until this SQE's completion (user_data i) is reaped: slot i is busy until
+            // then, and the owner stays busy until every send reading its buffer has
+            // completed (complete_send releases both).
+            if let Err(err) = unsafe { self.push_sqe(&e) } {
+                // Slots k.. were never queued, so the kernel never saw them: free again.
+                // The ones before are in flight and come back through their completions.
+                self.send_free.extend_from_slice(&taking[k..]);
+                return Err(err);
+            }
+            self.send_buf_of[i] = owner;
+            self.send_busy[i] += 1;
+            if slot != owner {
+                self.send_busy[o] += 1;
+            }
+            self.send_in_flight += 1;
+            self.unsubmitted_sends += 1;
         }
         Ok(())
     }
@@ -613,13 +679,26 @@ impl UringIo {
         if usize::from(slot) >= self.nslots {
             return;
         }
-        self.send_free.push(slot);
         self.send_in_flight -= 1;
+        self.release_slot(slot);
+        let owner = self.send_buf_of[usize::from(slot)];
+        if owner != slot {
+            self.release_slot(owner);
+        }
         if res < 0 {
             self.stats.send_errors += 1;
             tracing::debug!(err = %io::Error::from_raw_os_error(-res), "io_uring send failed");
         } else {
             self.stats.sent += 1;
+        }
+    }
+
+    /// One send using `slot` (its header or its buffer) has completed.
+    fn release_slot(&mut self, slot: u16) {
+        let b = &mut self.send_busy[usize::from(slot)];
+        *b -= 1;
+        if *b == 0 {
+            self.send_free.push(slot);
         }
     }
 

@@ -101,10 +101,12 @@ pub enum SubmitError {
     },
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Pending {
     service: Service,
-    len: usize,
+    /// The message, in a buffer of its own (from `msg_pool`) so that it can be written in
+    /// place by [`Ring::submit_with`] and leaves by one copy into a packet.
+    bytes: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +161,18 @@ impl Store {
 const TOKEN_HORIZON: u64 = 1 << 40;
 
 /// Services delivered on receipt rather than in the total order.
+/// Most message buffers kept for reuse by the send queue.
+const MSG_POOL_MAX: usize = 256;
+/// Largest message buffer kept for reuse (a rare huge message must not pin its memory).
+const MSG_POOL_BUF_MAX: usize = 64 * 1024;
+
+/// Keeps a packed (or refused) message's buffer for a later submit, within the bounds above.
+fn recycle_into(pool: &mut Vec<Vec<u8>>, bytes: Vec<u8>) {
+    if pool.len() < MSG_POOL_MAX && bytes.capacity() <= MSG_POOL_BUF_MAX {
+        pool.push(bytes);
+    }
+}
+
 fn unordered(service: Service) -> bool {
     matches!(service, Service::Reliable | Service::Unreliable)
 }
@@ -198,7 +212,10 @@ pub struct Ring {
     max_rtr: usize,
 
     pending: VecDeque<Pending>,
-    pending_bytes: VecDeque<u8>,
+    /// Bytes in `pending` not yet packed into a packet.
+    pending_bytes: usize,
+    /// Message buffers handed back by packed messages, for the next submits.
+    msg_pool: Vec<Vec<u8>>,
     /// Bytes of the head message already sent as fragments.
     head_sent: usize,
 
@@ -265,7 +282,8 @@ impl Ring {
             pred,
             max_rtr,
             pending: VecDeque::new(),
-            pending_bytes: VecDeque::new(),
+            pending_bytes: 0,
+            msg_pool: Vec::new(),
             head_sent: 0,
             store: Store {
                 base: 1,
@@ -343,17 +361,40 @@ impl Ring {
                 max: self.cfg.max_message,
             });
         }
-        if self.pending.len() >= self.cfg.max_pending_messages
-            || self.pending_bytes.len() + payload.len() > self.cfg.max_pending_bytes
+        self.submit_with(service, |buf| buf.extend_from_slice(payload))
+    }
+
+    /// Like [`Ring::submit`], but `fill` appends the message to an empty buffer of the
+    /// send queue, so that it is written once, in place. A refused message (the same
+    /// checks as `submit`, made after `fill`) leaves the queue as it was.
+    pub fn submit_with(
+        &mut self,
+        service: Service,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), SubmitError> {
+        let mut bytes = self.msg_pool.pop().unwrap_or_default();
+        bytes.clear();
+        fill(&mut bytes);
+        let len = bytes.len();
+        let refused = if len > self.cfg.max_message {
+            Some(SubmitError::TooLarge {
+                len,
+                max: self.cfg.max_message,
+            })
+        } else if self.pending.len() >= self.cfg.max_pending_messages
+            || self.pending_bytes + len > self.cfg.max_pending_bytes
         {
             self.stats.messages_refused += 1;
-            return Err(SubmitError::Backpressure);
+            Some(SubmitError::Backpressure)
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            recycle_into(&mut self.msg_pool, bytes);
+            return Err(e);
         }
-        self.pending.push_back(Pending {
-            service,
-            len: payload.len(),
-        });
-        self.pending_bytes.extend(payload);
+        self.pending.push_back(Pending { service, bytes });
+        self.pending_bytes += len;
         self.stats.messages_submitted += 1;
         Ok(())
     }
@@ -621,21 +662,22 @@ impl Ring {
         wire::begin_data(buf, self.cfg.ring_id, seq, self.cfg.me);
         // Below this much room a fragment is not worth its header.
         const MIN_FRAGMENT: usize = 64;
-        while let Some(&head) = self.pending.front() {
+        while let Some(head) = self.pending.front() {
             let room = max - buf.len();
             if room < ITEM_HEADER + 1 {
                 break;
             }
-            let remaining = head.len - self.head_sent;
+            let remaining = head.bytes.len() - self.head_sent;
             let whole = self.head_sent == 0;
             if whole && ITEM_HEADER + remaining <= room {
                 // Zero-length messages take this path too.
-                let (a, b) = self.pending_bytes.as_slices();
                 let len = u16::try_from(remaining).unwrap_or(u16::MAX);
                 wire::push_item_header(buf, true, true, head.service, len.into(), len);
-                copy_front(buf, a, b, remaining);
-                self.pending_bytes.drain(..remaining);
-                self.pending.pop_front();
+                buf.extend_from_slice(&head.bytes);
+                self.pending_bytes -= remaining;
+                if let Some(done) = self.pending.pop_front() {
+                    recycle_into(&mut self.msg_pool, done.bytes);
+                }
                 continue;
             }
             let fits_fresh = ITEM_HEADER + remaining <= max - DATA_HEADER;
@@ -645,8 +687,7 @@ impl Ring {
             }
             let take = remaining.min(room - ITEM_HEADER).min(usize::from(u16::MAX));
             let last = take == remaining;
-            let total = u32::try_from(head.len).unwrap_or(u32::MAX);
-            let (a, b) = self.pending_bytes.as_slices();
+            let total = u32::try_from(head.bytes.len()).unwrap_or(u32::MAX);
             wire::push_item_header(
                 buf,
                 whole,
@@ -655,10 +696,12 @@ impl Ring {
                 total,
                 u16::try_from(take).unwrap_or(u16::MAX),
             );
-            copy_front(buf, a, b, take);
-            self.pending_bytes.drain(..take);
+            buf.extend_from_slice(&head.bytes[self.head_sent..self.head_sent + take]);
+            self.pending_bytes -= take;
             if last {
-                self.pending.pop_front();
+                if let Some(done) = self.pending.pop_front() {
+                    recycle_into(&mut self.msg_pool, done.bytes);
+                }
                 self.head_sent = 0;
             } else {
                 self.head_sent += take;
@@ -728,6 +771,21 @@ impl Ring {
 
     /// Writes the next datagram to send into `buf` (cleared first) and says where it goes.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        self.poll_transmit_with(now, |t, bytes| {
+            buf.clear();
+            buf.extend_from_slice(bytes);
+            t
+        })
+    }
+
+    /// Like [`Ring::poll_transmit`], but lends the next datagram to `emit` where the ring
+    /// keeps it, so that the caller can write it straight into its send buffer; returns
+    /// what `emit` returns, or `None` when nothing is waiting to go out.
+    pub fn poll_transmit_with<R>(
+        &mut self,
+        now: Instant,
+        emit: impl FnOnce(Transmit, &[u8]) -> R,
+    ) -> Option<R> {
         if self.held_until.is_some() && !self.pending.is_empty() {
             self.held_until = None;
             self.send_phase(now);
@@ -737,23 +795,20 @@ impl Ring {
                 Out::Data { seq, retransmit } => {
                     // A packet collected before it left needs no sending: everyone has it.
                     if let Some(p) = self.store.get(seq) {
-                        buf.clear();
-                        buf.extend_from_slice(p);
                         if retransmit {
                             self.stats.retransmissions_sent += 1;
                         } else {
                             self.stats.data_sent += 1;
                         }
-                        return Some(Transmit { dest: Dest::All });
+                        return Some(emit(Transmit { dest: Dest::All }, p));
                     }
                 }
                 Out::Token => {
-                    buf.clear();
-                    buf.extend_from_slice(&self.token_buf);
                     self.stats.tokens_sent += 1;
-                    return Some(Transmit {
+                    let t = Transmit {
                         dest: Dest::One(self.succ),
-                    });
+                    };
+                    return Some(emit(t, &self.token_buf));
                 }
             }
         }
@@ -869,11 +924,4 @@ impl Ring {
             payload,
         })
     }
-}
-
-/// Appends the first `n` bytes of the two-piece ring buffer `(a, b)` to `out`.
-fn copy_front(out: &mut Vec<u8>, a: &[u8], b: &[u8], n: usize) {
-    let from_a = n.min(a.len());
-    out.extend_from_slice(&a[..from_a]);
-    out.extend_from_slice(&b[..n - from_a]);
 }
