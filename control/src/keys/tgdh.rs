@@ -340,9 +340,13 @@ fn digest_bytes(encoded: &[u8]) -> [u8; 32] {
 }
 
 fn tree_digest(t: &TNode) -> [u8; 32] {
+    digest_bytes(&encode_tree(t))
+}
+
+fn encode_tree(t: &TNode) -> Vec<u8> {
     let mut w = BodyWriter::new();
     t.encode(&mut w);
-    digest_bytes(&w.finish())
+    w.finish()
 }
 
 fn encode_bk(w: &mut BodyWriter, bk: &Option<Bk>) {
@@ -597,6 +601,10 @@ struct RunState<G: DhGroup> {
     pending: Vec<([u8; 32], MemberId, Vec<Published>)>,
     /// Digest of the tree `tree` holds; publish messages name the tree they belong to.
     digest: [u8; 32],
+    /// The encoding of the guessed tree (whose digest `digest` is): the oldest member's
+    /// announcement is compared with it byte for byte, which is cheaper than hashing a
+    /// whole tree's announcement (about 10 KB at 128 members) on every member's path.
+    guess: Option<Vec<u8>>,
     /// False while `tree` is only this member's guess (its own base, when that covers the
     /// view): the announcement chain confirms or replaces it.
     settled: bool,
@@ -841,6 +849,7 @@ impl<G: DhGroup> TreeEngine<G> {
             keys: Vec::new(),
             pending: Vec::new(),
             digest: [0; 32],
+            guess: None,
             settled: false,
             held_key: None,
             last_seq: HashMap::new(),
@@ -864,8 +873,9 @@ impl<G: DhGroup> TreeEngine<G> {
         // settle on this very base: start on it now (sponsors publish in this round), and
         // let the chain confirm or replace it.
         if base_members.len() == view.members.len() {
-            let digest = tree_digest(&base);
-            self.adopt(&base, digest, false, rng)?;
+            let encoded = encode_tree(&base);
+            self.adopt(&base, digest_bytes(&encoded), false, rng)?;
+            self.run.as_mut().expect("run set above").guess = Some(encoded);
         }
         self.base = Some(base);
         self.progress(rng, &mut out)?;
@@ -1049,6 +1059,7 @@ impl<G: DhGroup> TreeEngine<G> {
         run.keys = keys;
         run.stuck = stuck;
         run.digest = digest;
+        run.guess = None;
         run.settled = settled;
         run.done = false;
         run.held_key = None;
@@ -1286,7 +1297,7 @@ impl<G: DhGroup> TreeEngine<G> {
                     && run.tree.is_some()
                     && run.chain.covered.is_empty()
                     && run.members.first() == Some(&env.sender)
-                    && digest_bytes(&env.body) == run.digest
+                    && run.guess.as_deref() == Some(&env.body[..])
                 {
                     // `covered` stays empty: once settled, the chain is never read again
                     // (progress stops at `settled`), so listing every member in it was
