@@ -1102,15 +1102,18 @@ impl<G: DhGroup> TreeEngine<G> {
             }
             targets.push(idx);
         }
-        let mut elems = Vec::with_capacity(items.len());
-        for item in items {
-            elems.push(self.dh.decode_element(&item.bk)?);
-        }
-        for ((idx, item), elem) in targets.into_iter().zip(items).zip(elems) {
+        // Elements are decoded when a member's path needs them (`compute`), as in an
+        // announcement: a member needs one or two of the keys a sponsor publishes, and
+        // decoding (validating) every one of them was a sixth of the slowest member's
+        // time. An invalid element from a signed insider then stalls only the members
+        // that need it (see docs/keys.md, Limitations).
+        for (idx, item) in targets.into_iter().zip(items) {
             let node = &mut tree.nodes[idx];
-            node.bk = Some(item.bk.clone());
+            if node.bk.is_none() {
+                node.bk = Some(item.bk.clone());
+                node.elem = None;
+            }
             node.tag = item.tag;
-            node.elem = Some(elem);
         }
         Ok(())
     }
