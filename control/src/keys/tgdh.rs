@@ -74,11 +74,16 @@ pub(crate) enum Shape {
 
 type Tag = [u8; 16];
 
+/// An encoded blinded key. Shared, not copied: one key sits in the base tree, the run's
+/// tree, the caches and the messages of a view at once, and every view used to copy them
+/// all (hundreds of allocations per member per event at 128 members).
+type Bk = Arc<[u8]>;
+
 /// A key tree as members keep and announce it.
 #[derive(Debug, Clone)]
 struct TNode {
     kind: Kind,
-    bk: Option<Vec<u8>>,
+    bk: Option<Bk>,
     /// For an inner node: hash of the children's blinded keys this `bk` was made from.
     tag: Tag,
 }
@@ -102,7 +107,7 @@ fn tag_of(left: &[u8], right: &[u8]) -> Tag {
 }
 
 impl TNode {
-    fn leaf(member: MemberId, bk: Vec<u8>) -> Self {
+    fn leaf(member: MemberId, bk: Bk) -> Self {
         Self {
             kind: Kind::Leaf(member),
             bk: Some(bk),
@@ -134,6 +139,24 @@ impl TNode {
         out
     }
 
+    /// The leaves, left to right, borrowed rather than copied.
+    fn member_refs<'a>(&'a self, out: &mut Vec<&'a MemberId>) {
+        match &self.kind {
+            Kind::Leaf(m) => out.push(m),
+            Kind::Inner(l, r) => {
+                l.member_refs(out);
+                r.member_refs(out);
+            }
+        }
+    }
+
+    fn contains(&self, member: &MemberId) -> bool {
+        match &self.kind {
+            Kind::Leaf(m) => m == member,
+            Kind::Inner(l, r) => l.contains(member) || r.contains(member),
+        }
+    }
+
     fn height(&self) -> usize {
         match &self.kind {
             Kind::Leaf(_) => 0,
@@ -145,16 +168,34 @@ impl TNode {
     fn restrict(self, keep: &dyn Fn(&MemberId) -> bool) -> Option<TNode> {
         match self.kind {
             Kind::Leaf(ref m) => keep(m).then_some(self),
-            Kind::Inner(l, r) => match (l.restrict(keep), r.restrict(keep)) {
-                (Some(l), Some(r)) => Some(TNode {
-                    kind: Kind::Inner(Box::new(l), Box::new(r)),
-                    bk: self.bk,
-                    tag: self.tag,
-                }),
-                (Some(only), None) | (None, Some(only)) => Some(only),
-                (None, None) => None,
-            },
+            Kind::Inner(l, r) => {
+                match (Self::restrict_boxed(l, keep), Self::restrict_boxed(r, keep)) {
+                    (Some(l), Some(r)) => Some(TNode {
+                        kind: Kind::Inner(l, r),
+                        bk: self.bk,
+                        tag: self.tag,
+                    }),
+                    (Some(only), None) | (None, Some(only)) => Some(*only),
+                    (None, None) => None,
+                }
+            }
         }
+    }
+
+    /// [`TNode::restrict`] that keeps the node's allocation: every view restricts the
+    /// whole base, and re-boxing each kept node cost an allocation and a free apiece.
+    fn restrict_boxed(
+        mut node: Box<TNode>,
+        keep: &dyn Fn(&MemberId) -> bool,
+    ) -> Option<Box<TNode>> {
+        let placeholder = TNode {
+            kind: Kind::Leaf(MemberId(String::new())),
+            bk: None,
+            tag: [0; 16],
+        };
+        let kept = std::mem::replace(&mut *node, placeholder).restrict(keep)?;
+        *node = kept;
+        Some(node)
     }
 
     /// Inserts `sub` at the shallowest rightmost node where it does not increase the
@@ -299,22 +340,26 @@ fn digest_bytes(encoded: &[u8]) -> [u8; 32] {
 }
 
 fn tree_digest(t: &TNode) -> [u8; 32] {
-    let mut w = BodyWriter::new();
-    t.encode(&mut w);
-    digest_bytes(&w.finish())
+    digest_bytes(&encode_tree(t))
 }
 
-fn encode_bk(w: &mut BodyWriter, bk: &Option<Vec<u8>>) {
+fn encode_tree(t: &TNode) -> Vec<u8> {
+    let mut w = BodyWriter::new();
+    t.encode(&mut w);
+    w.finish()
+}
+
+fn encode_bk(w: &mut BodyWriter, bk: &Option<Bk>) {
     match bk {
         Some(b) => w.u8(1).bytes(b),
         None => w.u8(0),
     };
 }
 
-fn decode_bk(r: &mut BodyReader<'_>) -> Result<Option<Vec<u8>>, KeyError> {
+fn decode_bk(r: &mut BodyReader<'_>) -> Result<Option<Bk>, KeyError> {
     match r.u8()? {
         0 => Ok(None),
-        1 => Ok(Some(r.bytes()?.to_vec())),
+        1 => Ok(Some(Bk::from(r.bytes()?))),
         _ => Err(KeyError::Malformed("blinded key flag")),
     }
 }
@@ -327,19 +372,18 @@ struct RNode<E> {
     member: Option<MemberId>,
     first: u16,
     last: u16,
-    bk: Option<Vec<u8>>,
+    bk: Option<Bk>,
     tag: Tag,
     elem: Option<E>,
     /// Set for nodes re-keyed in this run: the leaf (member) that broadcasts its key.
     publisher: Option<MemberId>,
 }
 
-/// A run's tree: flattened nodes, the root index, and lookup by leaf range.
+/// A run's tree: flattened nodes (preorder) and the root index.
 #[derive(Debug, Clone)]
 struct RunTree<E> {
     nodes: Vec<RNode<E>>,
     root: usize,
-    by_range: HashMap<(u16, u16), usize>,
 }
 
 impl<E: Clone> RunTree<E> {
@@ -379,16 +423,7 @@ impl<E: Clone> RunTree<E> {
             idx
         }
         let root = go(tree, None, &mut nodes, &mut next_leaf);
-        let by_range = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| ((n.first, n.last), i))
-            .collect();
-        Self {
-            nodes,
-            root,
-            by_range,
-        }
+        Self { nodes, root }
     }
 
     fn to_tree(&self, idx: usize) -> TNode {
@@ -405,6 +440,40 @@ impl<E: Clone> RunTree<E> {
             kind,
             bk: n.bk.clone(),
             tag: n.tag,
+        }
+    }
+
+    /// [`RunTree::to_tree`] for a tree that is done with: members and keys are moved
+    /// out instead of copied (this runs for every member at every view).
+    fn take_tree(&mut self, idx: usize) -> TNode {
+        let kind = match (self.nodes[idx].member.take(), self.nodes[idx].children) {
+            (Some(m), _) => Kind::Leaf(m),
+            (None, Some((l, r))) => {
+                Kind::Inner(Box::new(self.take_tree(l)), Box::new(self.take_tree(r)))
+            }
+            // Every flattened node is a leaf with a member or an inner node with children.
+            (None, None) => unreachable!("flattened node without member or children"),
+        };
+        let n = &mut self.nodes[idx];
+        TNode {
+            kind,
+            bk: n.bk.take(),
+            tag: n.tag,
+        }
+    }
+
+    /// The node covering exactly leaves `range`, found by descending from the root: a
+    /// walk of the tree's height, where a map of every node cost a few hundred inserts
+    /// per member per view.
+    fn find_range(&self, range: (u16, u16)) -> Option<usize> {
+        let mut idx = self.root;
+        loop {
+            let n = &self.nodes[idx];
+            if (n.first, n.last) == range {
+                return Some(idx);
+            }
+            let (l, r) = n.children?;
+            idx = if range.0 <= self.nodes[l].last { l } else { r };
         }
     }
 
@@ -514,7 +583,7 @@ struct Chain {
 #[derive(Debug, Clone)]
 struct Published {
     range: (u16, u16),
-    bk: Vec<u8>,
+    bk: Bk,
     tag: Tag,
 }
 
@@ -522,7 +591,6 @@ struct RunState<G: DhGroup> {
     group: String,
     epoch: u64,
     members: Vec<MemberId>,
-    member_set: HashSet<MemberId>,
     chain: Chain,
     tree: Option<RunTree<G::Element>>,
     /// My path, leaf first, and the secrets known on it.
@@ -533,6 +601,10 @@ struct RunState<G: DhGroup> {
     pending: Vec<([u8; 32], MemberId, Vec<Published>)>,
     /// Digest of the tree `tree` holds; publish messages name the tree they belong to.
     digest: [u8; 32],
+    /// The encoding of the guessed tree (whose digest `digest` is): the oldest member's
+    /// announcement is compared with it byte for byte, which is cheaper than hashing a
+    /// whole tree's announcement (about 10 KB at 128 members) on every member's path.
+    guess: Option<Vec<u8>>,
     /// False while `tree` is only this member's guess (its own base, when that covers the
     /// view): the announcement chain confirms or replaces it.
     settled: bool,
@@ -543,7 +615,7 @@ struct RunState<G: DhGroup> {
     leaf_published: bool,
     /// The leaf key this member made for this very view (it had no tree): as a sponsor
     /// it need not refresh that again.
-    fresh_leaf: Option<Vec<u8>>,
+    fresh_leaf: Option<Bk>,
     done: bool,
     stuck: bool,
 }
@@ -575,11 +647,13 @@ pub(crate) struct TreeEngine<G: DhGroup> {
     identity: Arc<Identity>,
     directory: Directory,
     base: Option<TNode>,
-    leaf_history: Vec<(Vec<u8>, G::Scalar)>,
-    node_secrets: HashMap<Vec<u8>, G::Scalar>,
+    leaf_history: Vec<(Bk, G::Scalar)>,
+    node_secrets: HashMap<Bk, G::Scalar>,
     /// Decoded blinded keys of the last run, so unchanged co-path keys are not decoded
-    /// (and validated) again.
-    elem_cache: HashMap<Vec<u8>, G::Element>,
+    /// (and validated) again. A list moved out of the last run's tree, searched only
+    /// for the few co-path keys a run needs: rebuilding a map of every node at every
+    /// view cost more than all the searches together.
+    prev_elems: Vec<(Bk, G::Element)>,
     run: Option<RunState<G>>,
     key: Option<GroupKey>,
 }
@@ -611,7 +685,7 @@ impl<G: DhGroup> TreeEngine<G> {
             base: None,
             leaf_history: Vec::new(),
             node_secrets: HashMap::new(),
-            elem_cache: HashMap::new(),
+            prev_elems: Vec::new(),
             run: None,
             key: None,
         }
@@ -661,7 +735,7 @@ impl<G: DhGroup> TreeEngine<G> {
         fn go(n: &TNode, out: &mut Vec<NodeView>) {
             out.push(NodeView {
                 members: n.members(),
-                blinded_key: n.bk.clone(),
+                blinded_key: n.bk.as_deref().map(<[u8]>::to_vec),
             });
             if let Kind::Inner(l, r) = &n.kind {
                 go(l, out);
@@ -698,10 +772,10 @@ impl<G: DhGroup> TreeEngine<G> {
         }
     }
 
-    fn new_leaf_secret(&mut self, rng: &mut dyn CryptoRngCore) -> (Vec<u8>, G::Element) {
+    fn new_leaf_secret(&mut self, rng: &mut dyn CryptoRngCore) -> (Bk, G::Element) {
         let s = self.dh.random_scalar(rng);
         let bk = self.exp_generator(&s);
-        let bytes = self.dh.encode_element(&bk);
+        let bytes = Bk::from(self.dh.encode_element(&bk));
         self.leaf_history.push((bytes.clone(), s));
         if self.leaf_history.len() > LEAF_HISTORY {
             let (_, mut old) = self.leaf_history.remove(0);
@@ -734,27 +808,28 @@ impl<G: DhGroup> TreeEngine<G> {
         // The base for this view: the last run's tree if its shape was settled, else the
         // previous base. Secrets on my path are remembered by blinded key.
         if let Some(mut old) = self.run.take() {
-            if let Some(tree) = &old.tree {
+            if let Some(mut tree) = old.tree.take() {
                 for (pos, &node) in old.path.iter().enumerate() {
                     if let (Some(k), Some(bk)) = (&old.keys[pos], &tree.nodes[node].bk) {
                         self.node_secrets.insert(bk.clone(), k.clone());
                     }
                 }
-                self.elem_cache = tree
-                    .nodes
-                    .iter()
-                    .filter_map(|n| Some((n.bk.clone()?, n.elem.clone()?)))
-                    .collect();
-                self.base = Some(tree.to_tree(tree.root));
+                self.prev_elems.clear();
+                self.prev_elems.extend(
+                    tree.nodes
+                        .iter_mut()
+                        .filter_map(|n| Some((n.bk.clone()?, n.elem.take()?))),
+                );
+                self.base = Some(tree.take_tree(tree.root));
             }
             old.wipe();
         }
-        let in_view: HashSet<MemberId> = view.members.iter().cloned().collect();
+        let in_view: HashSet<&MemberId> = view.members.iter().collect();
         let restricted = self
             .base
             .take()
             .and_then(|b| b.restrict(&|m| in_view.contains(m)))
-            .filter(|t| t.members().contains(&me));
+            .filter(|t| t.contains(&me));
         let mut fresh_leaf = None;
         let base = match restricted {
             Some(t) => t,
@@ -764,18 +839,17 @@ impl<G: DhGroup> TreeEngine<G> {
                 TNode::leaf(me.clone(), bk)
             }
         };
-        self.base = Some(base.clone());
         self.run = Some(RunState {
             group: view.group.clone(),
             epoch: view.epoch,
             members: view.members.clone(),
-            member_set: view.members.iter().cloned().collect(),
             chain: Chain::default(),
             tree: None,
             path: Vec::new(),
             keys: Vec::new(),
             pending: Vec::new(),
             digest: [0; 32],
+            guess: None,
             settled: false,
             held_key: None,
             last_seq: HashMap::new(),
@@ -788,8 +862,10 @@ impl<G: DhGroup> TreeEngine<G> {
         let mut out = Output::default();
         // Announce now when I am the oldest of my base in this view: then I am in the
         // chain unless another announcer's out-of-date tree covers me.
-        let base_members: HashSet<MemberId> = base.members().into_iter().collect();
-        let oldest = view.members.iter().find(|m| base_members.contains(*m));
+        let mut base_members = Vec::new();
+        base.member_refs(&mut base_members);
+        let base_set: HashSet<&MemberId> = base_members.iter().copied().collect();
+        let oldest = view.members.iter().find(|m| base_set.contains(*m));
         if oldest == Some(&me) {
             self.announce(&base, &mut out);
         }
@@ -797,9 +873,11 @@ impl<G: DhGroup> TreeEngine<G> {
         // settle on this very base: start on it now (sponsors publish in this round), and
         // let the chain confirm or replace it.
         if base_members.len() == view.members.len() {
-            let digest = tree_digest(&base);
-            self.adopt(base, digest, false, rng)?;
+            let encoded = encode_tree(&base);
+            self.adopt(&base, digest_bytes(&encoded), false, rng)?;
+            self.run.as_mut().expect("run set above").guess = Some(encoded);
         }
+        self.base = Some(base);
         self.progress(rng, &mut out)?;
         Ok(out)
     }
@@ -883,7 +961,7 @@ impl<G: DhGroup> TreeEngine<G> {
             self.confirm(out);
             Ok(())
         } else {
-            self.adopt(merged, digest, true, rng)
+            self.adopt(&merged, digest, true, rng)
         }
     }
 
@@ -908,14 +986,14 @@ impl<G: DhGroup> TreeEngine<G> {
     /// Starts working on `merged`: plan, refresh if sponsor, path secrets.
     fn adopt(
         &mut self,
-        merged: TNode,
+        merged: &TNode,
         digest: [u8; 32],
         settled: bool,
         rng: &mut dyn CryptoRngCore,
     ) -> Result<(), KeyError> {
         let me = self.me().clone();
         let shape = self.shape;
-        let mut tree = RunTree::flatten(&merged);
+        let mut tree = RunTree::flatten(merged);
         let my_leaf = tree
             .leaf_of(&me)
             .ok_or(KeyError::Unexpected("settled tree lacks this member"))?;
@@ -963,7 +1041,7 @@ impl<G: DhGroup> TreeEngine<G> {
             }
         }
         // Secrets not on this run's path are of no further use.
-        let keep: HashSet<&Vec<u8>> = path
+        let keep: HashSet<&Bk> = path
             .iter()
             .filter_map(|&n| tree.nodes[n].bk.as_ref())
             .collect();
@@ -981,6 +1059,7 @@ impl<G: DhGroup> TreeEngine<G> {
         run.keys = keys;
         run.stuck = stuck;
         run.digest = digest;
+        run.guess = None;
         run.settled = settled;
         run.done = false;
         run.held_key = None;
@@ -1006,9 +1085,8 @@ impl<G: DhGroup> TreeEngine<G> {
         let tree = run.tree.as_mut().expect("applying to a settled tree");
         let mut targets = Vec::with_capacity(items.len());
         for item in items {
-            let &idx = tree
-                .by_range
-                .get(&item.range)
+            let idx = tree
+                .find_range(item.range)
                 .ok_or(KeyError::Unexpected("published node not in the tree"))?;
             let node = &tree.nodes[idx];
             if node.publisher.as_ref() != Some(sender) {
@@ -1024,15 +1102,18 @@ impl<G: DhGroup> TreeEngine<G> {
             }
             targets.push(idx);
         }
-        let mut elems = Vec::with_capacity(items.len());
-        for item in items {
-            elems.push(self.dh.decode_element(&item.bk)?);
-        }
-        for ((idx, item), elem) in targets.into_iter().zip(items).zip(elems) {
+        // Elements are decoded when a member's path needs them (`compute`), as in an
+        // announcement: a member needs one or two of the keys a sponsor publishes, and
+        // decoding (validating) every one of them was a sixth of the slowest member's
+        // time. An invalid element from a signed insider then stalls only the members
+        // that need it (see docs/keys.md, Limitations).
+        for (idx, item) in targets.into_iter().zip(items) {
             let node = &mut tree.nodes[idx];
-            node.bk = Some(item.bk.clone());
+            if node.bk.is_none() {
+                node.bk = Some(item.bk.clone());
+                node.elem = None;
+            }
             node.tag = item.tag;
-            node.elem = Some(elem);
         }
         Ok(())
     }
@@ -1085,18 +1166,15 @@ impl<G: DhGroup> TreeEngine<G> {
                 .children
                 .expect("path nodes above a leaf are inner");
             let sibling = if l == child { r } else { l };
-            let cached = tree.nodes[sibling]
-                .bk
-                .as_ref()
-                .and_then(|bk| self.elem_cache.get(bk));
             let sib_elem = match (&tree.nodes[sibling].elem, &tree.nodes[sibling].bk) {
                 (Some(e), _) => e.clone(),
-                (None, Some(_)) if cached.is_some() => {
-                    let e = cached.expect("checked").clone();
-                    tree.nodes[sibling].elem = Some(e.clone());
-                    e
-                }
-                (None, Some(bk)) => match self.dh.decode_element(bk) {
+                (None, Some(bk)) => match self
+                    .prev_elems
+                    .iter()
+                    .find(|(b, _)| b == bk)
+                    .map(|(_, e)| Ok(e.clone()))
+                    .unwrap_or_else(|| self.dh.decode_element(bk))
+                {
                     Ok(e) => {
                         tree.nodes[sibling].elem = Some(e.clone());
                         e
@@ -1131,7 +1209,7 @@ impl<G: DhGroup> TreeEngine<G> {
                 tree.nodes[node].bk.is_none() && tree.nodes[node].publisher.as_ref() == Some(&me);
             if needs_publish {
                 let bk_elem = self.exp_generator(&k);
-                let bk = self.dh.encode_element(&bk_elem);
+                let bk = Bk::from(self.dh.encode_element(&bk_elem));
                 let run = self.run.as_mut().expect("computing inside a run");
                 let tree = run.tree.as_mut().expect("settled");
                 let tag = match (&tree.nodes[l].bk, &tree.nodes[r].bk) {
@@ -1222,12 +1300,14 @@ impl<G: DhGroup> TreeEngine<G> {
                     && run.tree.is_some()
                     && run.chain.covered.is_empty()
                     && run.members.first() == Some(&env.sender)
-                    && digest_bytes(&env.body) == run.digest
+                    && run.guess.as_deref() == Some(&env.body[..])
                 {
-                    run.chain.covered = run.member_set.clone();
+                    // `covered` stays empty: once settled, the chain is never read again
+                    // (progress stops at `settled`), so listing every member in it was
+                    // a copy of the view made and freed for nothing.
                     run.chain
                         .announced
-                        .insert(env.sender, TNode::leaf(MemberId::new(""), Vec::new()));
+                        .insert(env.sender, TNode::leaf(MemberId::new(""), Bk::from([])));
                     self.confirm(&mut out);
                     self.compute(&mut out);
                     return Ok(out);
@@ -1237,9 +1317,12 @@ impl<G: DhGroup> TreeEngine<G> {
                 r.finish()?;
                 let leaves = tree.members();
                 let unique: HashSet<&MemberId> = leaves.iter().collect();
+                // A set of the view only here, where a full announcement is checked: a
+                // copy kept in every run was made and freed at every view for this alone.
+                let in_view: HashSet<&MemberId> = run.members.iter().collect();
                 if unique.len() != leaves.len()
                     || !leaves.contains(&env.sender)
-                    || leaves.iter().any(|m| !run.member_set.contains(m))
+                    || leaves.iter().any(|m| !in_view.contains(m))
                 {
                     return Err(KeyError::Unexpected("announced tree does not fit the view"));
                 }
@@ -1263,7 +1346,7 @@ impl<G: DhGroup> TreeEngine<G> {
                         u16::try_from(r.u32()?).map_err(|_| KeyError::Malformed("leaf index"))?;
                     let last =
                         u16::try_from(r.u32()?).map_err(|_| KeyError::Malformed("leaf index"))?;
-                    let bk = r.bytes()?.to_vec();
+                    let bk = Bk::from(r.bytes()?);
                     let tag: Tag = r
                         .bytes()?
                         .try_into()
