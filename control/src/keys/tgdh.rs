@@ -1102,18 +1102,19 @@ impl<G: DhGroup> TreeEngine<G> {
             }
             targets.push(idx);
         }
-        // Elements are decoded when a member's path needs them (`compute`), as in an
-        // announcement: a member needs one or two of the keys a sponsor publishes, and
-        // decoding (validating) every one of them was a sixth of the slowest member's
-        // time. An invalid element from a signed insider then stalls only the members
-        // that need it (see docs/keys.md, Limitations).
-        for (idx, item) in targets.into_iter().zip(items) {
+        // Every published element is validated before anything is applied, so that a
+        // bad one from a signed insider is refused with a typed error at once rather than
+        // stalling the members whose path needs it later (it costs the slowest member of
+        // a remove about 30 µs at 128 members).
+        let mut elems = Vec::with_capacity(items.len());
+        for item in items {
+            elems.push(self.dh.decode_element(&item.bk)?);
+        }
+        for ((idx, item), elem) in targets.into_iter().zip(items).zip(elems) {
             let node = &mut tree.nodes[idx];
-            if node.bk.is_none() {
-                node.bk = Some(item.bk.clone());
-                node.elem = None;
-            }
+            node.bk = Some(item.bk.clone());
             node.tag = item.tag;
+            node.elem = Some(elem);
         }
         Ok(())
     }
