@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use rand_core::CryptoRngCore;
 
-use super::tgdh::{NodeView, Shape, TreeEngine};
+use super::tgdh::{NodeView, Shape, TreeEngine, tree_protocol_key_agreement};
 use super::{
     DhGroup, Directory, GroupKey, Identity, KeyAgreement, KeyError, MemberId, OpCounts, Output,
     Protocol, View,
@@ -41,44 +41,7 @@ impl<G: DhGroup> Str<G> {
     }
 }
 
-impl<G: DhGroup> KeyAgreement for Str<G> {
-    fn protocol(&self) -> Protocol {
-        self.engine.protocol()
-    }
-
-    fn me(&self) -> &MemberId {
-        self.engine.me()
-    }
-
-    fn handle_view(
-        &mut self,
-        view: &View,
-        rng: &mut dyn CryptoRngCore,
-    ) -> Result<Output, KeyError> {
-        self.engine.handle_view(view, rng)
-    }
-
-    fn handle_message(
-        &mut self,
-        from: &MemberId,
-        bytes: &[u8],
-        rng: &mut dyn CryptoRngCore,
-    ) -> Result<Output, KeyError> {
-        self.engine.handle_message(from, bytes, rng)
-    }
-
-    fn current_key(&self) -> Option<&GroupKey> {
-        self.engine.current_key()
-    }
-
-    fn in_progress(&self) -> bool {
-        self.engine.in_progress()
-    }
-
-    fn op_counts(&self) -> OpCounts {
-        self.engine.op_counts()
-    }
-}
+tree_protocol_key_agreement!(Str);
 
 #[cfg(test)]
 mod tests {

@@ -1413,44 +1413,54 @@ impl<G: DhGroup> Tgdh<G> {
     }
 }
 
-impl<G: DhGroup> KeyAgreement for Tgdh<G> {
-    fn protocol(&self) -> Protocol {
-        self.engine.protocol()
-    }
+/// Implements [`KeyAgreement`] for a tree protocol by handing every call to its
+/// `engine: TreeEngine<G>`: TGDH and STR differ only in the shape rules the engine is
+/// built with.
+macro_rules! tree_protocol_key_agreement {
+    ($protocol:ident) => {
+        impl<G: DhGroup> KeyAgreement for $protocol<G> {
+            fn protocol(&self) -> Protocol {
+                self.engine.protocol()
+            }
 
-    fn me(&self) -> &MemberId {
-        self.engine.me()
-    }
+            fn me(&self) -> &MemberId {
+                self.engine.me()
+            }
 
-    fn handle_view(
-        &mut self,
-        view: &View,
-        rng: &mut dyn CryptoRngCore,
-    ) -> Result<Output, KeyError> {
-        self.engine.handle_view(view, rng)
-    }
+            fn handle_view(
+                &mut self,
+                view: &View,
+                rng: &mut dyn CryptoRngCore,
+            ) -> Result<Output, KeyError> {
+                self.engine.handle_view(view, rng)
+            }
 
-    fn handle_message(
-        &mut self,
-        from: &MemberId,
-        bytes: &[u8],
-        rng: &mut dyn CryptoRngCore,
-    ) -> Result<Output, KeyError> {
-        self.engine.handle_message(from, bytes, rng)
-    }
+            fn handle_message(
+                &mut self,
+                from: &MemberId,
+                bytes: &[u8],
+                rng: &mut dyn CryptoRngCore,
+            ) -> Result<Output, KeyError> {
+                self.engine.handle_message(from, bytes, rng)
+            }
 
-    fn current_key(&self) -> Option<&GroupKey> {
-        self.engine.current_key()
-    }
+            fn current_key(&self) -> Option<&GroupKey> {
+                self.engine.current_key()
+            }
 
-    fn in_progress(&self) -> bool {
-        self.engine.in_progress()
-    }
+            fn in_progress(&self) -> bool {
+                self.engine.in_progress()
+            }
 
-    fn op_counts(&self) -> OpCounts {
-        self.engine.op_counts()
-    }
+            fn op_counts(&self) -> OpCounts {
+                self.engine.op_counts()
+            }
+        }
+    };
 }
+pub(crate) use tree_protocol_key_agreement;
+
+tree_protocol_key_agreement!(Tgdh);
 
 /// A small lossless network of instances for the unit tests of TGDH and STR.
 #[cfg(test)]
