@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, WAIT, conclaved, expect_own_view};
+use common::{Daemon, conclaved, expect_goodbye_then_close, expect_own_view};
 use conclave::{Connection, Error, Event, Service};
 
 const SMALL_QUEUE: &str = r#"
@@ -75,24 +75,7 @@ fn a_client_that_stops_reading_is_disconnected_and_memory_stays_bounded() {
     );
 
     // The lazy client finds a goodbye naming the reason (after what was queued), then the end.
-    let end = Instant::now() + WAIT;
-    let mut goodbye = None;
-    loop {
-        assert!(
-            Instant::now() < end,
-            "lazy client never saw the end of its stream"
-        );
-        match lazy.receive(Duration::from_millis(200)) {
-            Ok(Some(Event::Goodbye { reason })) => goodbye = Some(reason),
-            Ok(_) => {}
-            Err(Error::Closed { .. }) => {
-                let reason = goodbye.expect("a goodbye before the end of the stream");
-                assert!(reason.contains("slow consumer"), "goodbye reason: {reason}");
-                break;
-            }
-            Err(e) => panic!("lazy client: {e}"),
-        }
-    }
+    expect_goodbye_then_close(&mut lazy, "slow consumer");
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Backend, Cluster, profile_text};
-use common::{Daemon, WAIT, expect_event, expect_own_view, expect_view};
+use common::{Daemon, expect_event, expect_goodbye_then_close, expect_own_view, expect_view};
 use conclave::{Connection, Error, Event, Service};
 
 /// The default profile with `workers` set and pinning on.
@@ -234,21 +234,7 @@ fn a_slow_consumer_is_disconnected_with_two_workers() {
         );
     };
     assert_eq!(dropped, Some(1));
-    let end = Instant::now() + WAIT;
-    let mut goodbye = None;
-    loop {
-        assert!(Instant::now() < end, "lazy client never saw its stream end");
-        match lazy.receive(Duration::from_millis(200)) {
-            Ok(Some(Event::Goodbye { reason })) => goodbye = Some(reason),
-            Ok(_) => {}
-            Err(Error::Closed { .. }) => {
-                let reason = goodbye.expect("a goodbye before the end of the stream");
-                assert!(reason.contains("slow consumer"), "goodbye reason: {reason}");
-                break;
-            }
-            Err(e) => panic!("lazy client: {e}"),
-        }
-    }
+    expect_goodbye_then_close(&mut lazy, "slow consumer");
 }
 
 #[test]

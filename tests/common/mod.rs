@@ -251,6 +251,26 @@ pub fn expect_event<T>(
     panic!("no {what} within {WAIT:?}; seen {seen:?}");
 }
 
+/// Reads `conn` until the daemon ends the stream, which must come after a Goodbye whose
+/// reason contains `needle` (frames queued before it are skipped).
+pub fn expect_goodbye_then_close(conn: &mut Connection, needle: &str) {
+    let end = Instant::now() + WAIT;
+    let mut goodbye = None;
+    loop {
+        assert!(Instant::now() < end, "the client never saw its stream end");
+        match conn.receive(Duration::from_millis(200)) {
+            Ok(Some(Event::Goodbye { reason })) => goodbye = Some(reason),
+            Ok(_) => {}
+            Err(conclave::Error::Closed { .. }) => {
+                let reason = goodbye.expect("a goodbye before the end of the stream");
+                assert!(reason.contains(needle), "goodbye reason: {reason}");
+                return;
+            }
+            Err(e) => panic!("waiting for the stream to end: {e}"),
+        }
+    }
+}
+
 /// Receives for `quiet` and returns everything that came (to check that nothing else did).
 pub fn drain(conn: &mut Connection, quiet: Duration) -> Vec<Event> {
     let mut v = Vec::new();

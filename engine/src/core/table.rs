@@ -256,16 +256,7 @@ impl GroupTable {
             local: self.local_ids.get(name).copied(),
             groups: Vec::new(),
         };
-        let idx = match self.free_clients.pop() {
-            Some(i) => {
-                self.clients[i as usize] = Some(entry);
-                i
-            }
-            None => {
-                self.clients.push(Some(entry));
-                u32::try_from(self.clients.len() - 1).expect("fewer than 2^32 clients")
-            }
-        };
+        let idx = insert_slot(&mut self.clients, &mut self.free_clients, entry);
         self.by_name.insert(name.into(), idx);
     }
 
@@ -331,16 +322,7 @@ impl GroupTable {
             members: Vec::new(),
             local: Vec::new(),
         };
-        let idx = match self.free_groups.pop() {
-            Some(i) => {
-                self.groups[i as usize] = Some(entry);
-                i
-            }
-            None => {
-                self.groups.push(Some(entry));
-                u32::try_from(self.groups.len() - 1).expect("fewer than 2^32 groups")
-            }
-        };
+        let idx = insert_slot(&mut self.groups, &mut self.free_groups, entry);
         self.groups_by_name.insert(name.into(), idx);
         idx
     }
@@ -578,6 +560,21 @@ impl GroupTable {
             write(&mut self.stats, id);
         }
         self.scratch_ids = ids;
+    }
+}
+
+/// Puts `entry` in a free slot of `slots` (one listed in `free`), or in a new one at the end,
+/// and returns its index; freed slots are reused so the tables stay as large as their peak.
+fn insert_slot<T>(slots: &mut Vec<Option<T>>, free: &mut Vec<u32>, entry: T) -> u32 {
+    match free.pop() {
+        Some(i) => {
+            slots[i as usize] = Some(entry);
+            i
+        }
+        None => {
+            slots.push(Some(entry));
+            u32::try_from(slots.len() - 1).expect("fewer than 2^32 slots")
+        }
     }
 }
 
