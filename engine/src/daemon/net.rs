@@ -292,7 +292,7 @@ impl RingSequencer {
         // Each datagram goes from the ring's store straight into one pooled send buffer,
         // which every peer's send then reads.
         while let Some(result) = ring.poll_transmit_with(now, |t, bytes| match t.dest {
-            Dest::All => udp.push_multicast(others, bytes),
+            Dest::All | Dest::Everyone => udp.push_multicast(others, bytes),
             Dest::One(d) => match peers.get(usize::from(d.0)) {
                 Some(addr) => udp.push_send(*addr, bytes),
                 None => Ok(()),
