@@ -57,6 +57,8 @@ pub struct TableStats {
     pub notifications: u64,
     /// Error frames written, indexed by `ErrorCode as usize`.
     pub errors: [u64; 16],
+    /// `State` events given to `apply` (outside a merge), ignored.
+    pub stray_states: u64,
     /// `Connect` events of clients of a daemon that left, applied between a transitional
     /// configuration and the next install or merge, ignored (the daemon is gone).
     pub departed_connects: u64,
@@ -223,7 +225,9 @@ impl GroupTable {
         all
     }
 
-    /// Applies one ordered event, writing frames for local clients into `out`.
+    /// Applies one ordered event, writing frames for local clients into `out`. A `State`
+    /// event is ignored and counted: state only means something as the whole exchange,
+    /// which [`GroupTable::merge`] takes.
     pub fn apply(&mut self, event: &Event<'_>, out: &mut dyn Outbox) {
         self.stats.events += 1;
         match *event {
@@ -238,6 +242,7 @@ impl GroupTable {
                 groups,
                 payload,
             } => self.data(sender, service, msg_type, groups, payload, out),
+            Event::State { .. } => self.stats.stray_states += 1,
         }
     }
 
