@@ -13,7 +13,8 @@ use std::collections::BTreeSet;
 use conclave_control::wire::client::{MembershipReason, ViewKind};
 use conclave_control::wire::names;
 
-use super::{ClientIdx, GroupIdx, GroupTable, LocalId, Outbox};
+use super::{Client, ClientIdx, GroupIdx, GroupTable, LocalId, Outbox, insert_slot};
+use crate::core::event::{Event, encode_state};
 
 impl GroupTable {
     /// Applies a transitional configuration: every client whose daemon is not kept
@@ -99,6 +100,112 @@ impl GroupTable {
         }
     }
 
+    /// Appends the `State` event of `daemon` to `out`: every client of the table whose
+    /// private name ends in `daemon`, sorted by name, each with its groups in join order.
+    /// After a configuration change that needs a state exchange, each daemon sends its own
+    /// in the new configuration, for every daemon's [`GroupTable::merge`].
+    pub fn state_of(&self, daemon: &str, out: &mut Vec<u8>) {
+        let mut mine: Vec<&Client> = self
+            .clients
+            .iter()
+            .flatten()
+            .filter(|c| names::daemon_of(&c.name) == Some(daemon))
+            .collect();
+        mine.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        encode_state(
+            out,
+            daemon,
+            mine.into_iter().map(|c| {
+                let groups = c.groups.iter().map(|&g| self.group_name(g));
+                (&*c.name, groups)
+            }),
+        );
+    }
+
+    /// Installs a new regular configuration after a state exchange. `states` holds the
+    /// `State` events of every daemon of the configuration, in the order they were
+    /// delivered; every daemon calls this with the same list and ends with the identical
+    /// table: the clients and groups are replaced by those the states list (a client
+    /// listed twice counts once, where it is listed first; a group listed twice for one
+    /// client counts once; groups beyond `max_groups_per_client` are not joined; entries
+    /// that are not `State` events are skipped), members are sorted by name, and local
+    /// clients keep their bindings (the `bind_local` map, which the merge does not touch).
+    ///
+    /// View ids start again at `(epoch, 1)` (see [`GroupTable::install`] on `epoch`); every
+    /// group gets a new regular view (reason network, empty `changed`, ids in group name
+    /// order) sent to its local members, even when its members did not change: the table
+    /// was rebuilt, and every daemon must show the same view ids from here on. Clients the
+    /// states do not list are gone, without views of their own.
+    ///
+    /// The caller applies the events ordered in the new configuration that are not `State`
+    /// events only after this call: a `Join` applied to the old table would be lost.
+    pub fn merge(&mut self, epoch: u64, states: &[Event<'_>], out: &mut dyn Outbox) {
+        self.by_name.clear();
+        self.clients.clear();
+        self.free_clients.clear();
+        self.groups_by_name.clear();
+        self.groups.clear();
+        self.free_groups.clear();
+        self.set_epoch(epoch);
+        for state in states {
+            let Event::State { clients, .. } = *state else {
+                continue;
+            };
+            for (name, groups) in clients {
+                if self.by_name.contains_key(name) {
+                    continue;
+                }
+                let entry = Client {
+                    name: name.into(),
+                    local: self.local_ids.get(name).copied(),
+                    groups: Vec::new(),
+                };
+                let local = entry.local;
+                let c = insert_slot(&mut self.clients, &mut self.free_clients, entry);
+                self.by_name.insert(name.into(), c);
+                let mut joined: Vec<GroupIdx> =
+                    Vec::with_capacity(groups.len().min(self.config.max_groups_per_client));
+                for group in groups {
+                    if joined.len() >= self.config.max_groups_per_client {
+                        break;
+                    }
+                    let g = match self.groups_by_name.get(group) {
+                        Some(&g) => g,
+                        None => self.create_group(group),
+                    };
+                    if joined.contains(&g) {
+                        continue;
+                    }
+                    joined.push(g);
+                    if let Some(gr) = self.groups[g as usize].as_mut() {
+                        // Sorted below, once every member is in.
+                        gr.members.push(c);
+                        gr.local.extend(local);
+                    }
+                }
+                if let Some(entry) = self.clients[c as usize].as_mut() {
+                    entry.groups = joined;
+                }
+            }
+        }
+        let clients = &self.clients;
+        let name_of = |c: ClientIdx| clients[c as usize].as_ref().map_or("", |e| &*e.name);
+        for gr in self.groups.iter_mut().flatten() {
+            gr.members
+                .sort_unstable_by(|&a, &b| name_of(a).cmp(name_of(b)));
+        }
+        let mut order: Vec<(&str, GroupIdx)> = self
+            .groups_by_name
+            .iter()
+            .map(|(name, &g)| (&**name, g))
+            .collect();
+        order.sort_unstable();
+        let order: Vec<GroupIdx> = order.into_iter().map(|(_, g)| g).collect();
+        for g in order {
+            self.view_change(g, ViewKind::Regular, out);
+        }
+    }
+
     /// Starts configuration `epoch`: view seqs restart, and the transition is over.
     fn set_epoch(&mut self, epoch: u64) {
         self.epoch = epoch;
@@ -124,7 +231,7 @@ mod tests {
 
     use super::super::tests::{Seen, World, world};
     use super::LocalId;
-    use crate::core::event::Event;
+    use crate::core::event::{Event, encode_state};
 
     fn net(group: &str, kind: ViewKind, epoch: u64, seq: u64, members: &[&str]) -> Seen {
         Seen::View(
@@ -298,5 +405,200 @@ mod tests {
         assert_eq!(d1.table.groups(), d3.table.groups());
         let h_at_d1: Vec<_> = d1.boxes.take(2);
         assert_eq!(d3.boxes.take(5), h_at_d1, "same h views, same ids");
+    }
+
+    /// The state exchange: each daemon's own `State` event, in delivery order.
+    fn exchange(daemons: &[(&str, &World)]) -> Vec<Vec<u8>> {
+        daemons
+            .iter()
+            .map(|(d, w)| {
+                let mut b = Vec::new();
+                w.table.state_of(d, &mut b);
+                b
+            })
+            .collect()
+    }
+
+    fn decoded(bytes: &[Vec<u8>]) -> Vec<Event<'_>> {
+        bytes.iter().map(|b| Event::decode(b).unwrap().0).collect()
+    }
+
+    #[test]
+    fn state_of_lists_one_daemons_clients_sorted_with_groups_in_join_order() {
+        let mut w = three_daemons();
+        w.join("#b#d1", "g");
+        let mut b = Vec::new();
+        w.table.state_of("d1", &mut b);
+        let (Event::State { daemon, clients }, used) = Event::decode(&b).unwrap() else {
+            panic!("not a state event");
+        };
+        assert_eq!((daemon, used), ("d1", b.len()));
+        let listed: Vec<(&str, Vec<&str>)> = clients
+            .iter()
+            .map(|(n, g)| (n, g.iter().collect()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("#a#d1", vec!["g", "h", "k"]),
+                ("#b#d1", vec!["h", "k", "g"])
+            ]
+        );
+        let mut none = Vec::new();
+        w.table.state_of("d9", &mut none);
+        assert!(
+            matches!(Event::decode(&none), Ok((Event::State { clients, .. }, _)) if clients.is_empty())
+        );
+    }
+
+    #[test]
+    fn a_state_event_outside_a_merge_is_ignored_and_counted() {
+        let mut w = three_daemons();
+        let before = w
+            .table
+            .groups()
+            .into_iter()
+            .map(|g| (g.name.to_string(), g.members.len(), g.view))
+            .collect::<Vec<_>>();
+        let mut b = Vec::new();
+        encode_state(&mut b, "d4", [("#new#d4", ["g"])]);
+        w.apply(Event::decode(&b).unwrap().0);
+        let after = w
+            .table
+            .groups()
+            .into_iter()
+            .map(|g| (g.name.to_string(), g.members.len(), g.view))
+            .collect::<Vec<_>>();
+        assert_eq!(before, after);
+        assert!(!w.table.has_client("#new#d4"));
+        assert_eq!(w.table.stats().stray_states, 1);
+        assert!(w.boxes.take(1).is_empty());
+    }
+
+    #[test]
+    fn daemons_in_different_states_merge_to_one_table_and_the_same_views() {
+        // d1 and d2 were cut apart; d3 restarted. Each changed on its own meanwhile.
+        // d1: its clients a (1), b (2); it still lists x and y from before.
+        let mut d1 = three_daemons();
+        d1.join("#b#d1", "g");
+        d1.boxes.take(1);
+        d1.boxes.take(2);
+        // d2: x local (7); it lost d1 and d3 (transitional, install), then w joined g and
+        // x left h: d2's own clients are as d2 says, whatever d1 still lists.
+        let mut d2 = network(&[("#x#d2", 7)]);
+        d2.table.transitional(&|d| d == "d2", &mut d2.boxes);
+        d2.table.install(5, &mut d2.boxes);
+        d2.boxes.take(7);
+        d2.apply(Event::Connect { client: "#w#d2" });
+        d2.join("#w#d2", "g");
+        d2.apply(Event::Leave {
+            client: "#x#d2",
+            group: "h",
+        });
+        d2.boxes.take(7);
+        // d3: restarted with an empty table; its new client y (3) joined z.
+        let mut d3 = world(&[]);
+        d3.connect("#y#d3", 3);
+        d3.join("#y#d3", "z");
+        d3.boxes.take(3);
+
+        let states = exchange(&[("d2", &d2), ("d3", &d3), ("d1", &d1)]);
+        let states = decoded(&states);
+        for w in [&mut d1, &mut d2, &mut d3] {
+            w.table.merge(20, &states, &mut w.boxes);
+        }
+        assert_eq!(d1.table.groups(), d2.table.groups());
+        assert_eq!(d1.table.groups(), d3.table.groups());
+        let table: Vec<(&str, ViewId, Vec<&str>)> = d1
+            .table
+            .groups()
+            .into_iter()
+            .map(|g| (g.name, g.view, g.members))
+            .collect();
+        let id = |seq| ViewId { epoch: 20, seq };
+        assert_eq!(
+            table,
+            [
+                ("g", id(1), vec!["#a#d1", "#b#d1", "#w#d2", "#x#d2"]),
+                ("h", id(2), vec!["#a#d1", "#b#d1"]),
+                ("k", id(3), vec!["#a#d1", "#b#d1"]),
+                ("m", id(4), vec!["#x#d2"]),
+                ("z", id(5), vec!["#y#d3"]),
+            ]
+        );
+        // Each group's view reaches its local members, identical at every daemon.
+        let g_view = net("g", Regular, 20, 1, &["#a#d1", "#b#d1", "#w#d2", "#x#d2"]);
+        let h_view = net("h", Regular, 20, 2, &["#a#d1", "#b#d1"]);
+        let k_view = net("k", Regular, 20, 3, &["#a#d1", "#b#d1"]);
+        let at_ab = [g_view.clone(), h_view, k_view];
+        assert_eq!(d1.boxes.take(1), at_ab);
+        assert_eq!(d1.boxes.take(2), at_ab);
+        let at_x = [g_view, net("m", Regular, 20, 4, &["#x#d2"])];
+        assert_eq!(d2.boxes.take(7), at_x);
+        assert_eq!(d3.boxes.take(3), [net("z", Regular, 20, 5, &["#y#d3"])]);
+        // Groups keep each client's join order; the tables go on agreeing.
+        assert_eq!(d2.table.groups_of("#b#d1"), ["h", "k", "g"]);
+        for w in [&mut d1, &mut d2, &mut d3] {
+            w.join("#y#d3", "g");
+            w.send("#w#d2", &["g"], b"after");
+        }
+        assert_eq!(d1.table.groups(), d3.table.groups());
+        let members = ["#a#d1", "#b#d1", "#w#d2", "#x#d2", "#y#d3"];
+        assert_eq!(
+            d3.boxes.take(3),
+            [
+                Seen::View(
+                    "g".into(),
+                    Regular,
+                    ViewId { epoch: 20, seq: 6 },
+                    MembershipReason::Join,
+                    "#y#d3".into(),
+                    members.iter().map(|s| s.to_string()).collect(),
+                ),
+                Seen::Data("#w#d2".into(), vec!["g".into()], b"after".to_vec()),
+            ]
+        );
+        assert_eq!(
+            d1.boxes.take(1).len(),
+            2,
+            "the join's view, then the message"
+        );
+    }
+
+    #[test]
+    fn a_merge_counts_repeated_clients_and_groups_once_and_forgets_unlisted_clients() {
+        let mut w = three_daemons();
+        let mut b = Vec::new();
+        encode_state(
+            &mut b,
+            "d1",
+            [("#a#d1", vec!["g", "g", "q"]), ("#a#d1", vec!["r"])],
+        );
+        let mut junk = Vec::new();
+        Event::Connect { client: "#zz#d1" }.encode(&mut junk);
+        let states = [
+            Event::decode(&b).unwrap().0,
+            Event::decode(&junk).unwrap().0,
+        ];
+        w.table.merge(3, &states, &mut w.boxes);
+        assert_eq!(w.table.groups_of("#a#d1"), ["g", "q"]);
+        assert!(!w.table.has_client("#b#d1"), "the states do not list it");
+        assert!(!w.table.has_client("#zz#d1"), "only State entries count");
+        assert!(!w.table.has_client("#x#d2"));
+        assert_eq!(
+            w.boxes.take(1),
+            [
+                net("g", Regular, 3, 1, &["#a#d1"]),
+                net("q", Regular, 3, 2, &["#a#d1"]),
+            ]
+        );
+        // b's session is still bound: it is back in the table when the states list it.
+        w.table.merge(
+            4,
+            &decoded(&exchange(&[("d1", &three_daemons())])),
+            &mut w.boxes,
+        );
+        assert_eq!(w.table.groups_of("#b#d1"), ["h", "k"]);
+        assert_eq!(w.boxes.take(2).len(), 2);
     }
 }
