@@ -90,9 +90,17 @@ impl GroupTable {
     ///
     /// `epoch` must be above every epoch this table has used (the membership protocol's
     /// configuration ids grow along every daemon's history), or view ids would repeat.
+    /// The current epoch again (say, the first configuration installed with the epoch the
+    /// table was made with) keeps counting `seq` instead of restarting it.
     pub fn install(&mut self, epoch: u64, out: &mut dyn Outbox) {
         let groups = std::mem::take(&mut self.pending_regular);
+        let changes = self.changes;
+        let same = epoch == self.epoch;
         self.set_epoch(epoch);
+        if same {
+            // Restarting seq would give ids this epoch has already given.
+            self.changes = changes;
+        }
         for name in groups {
             if let Some(&g) = self.groups_by_name.get(&name) {
                 self.view_change(g, ViewKind::Regular, out);
@@ -338,6 +346,17 @@ mod tests {
     }
 
     #[test]
+    fn installing_the_current_epoch_again_does_not_repeat_view_ids() {
+        let mut w = three_daemons();
+        w.table.install(1, &mut w.boxes);
+        w.join("#b#d1", "g");
+        assert!(matches!(
+            &w.boxes.take(2)[..],
+            [Seen::View(_, Regular, ViewId { epoch: 1, seq: 10 }, ..)]
+        ));
+    }
+
+    #[test]
     fn install_without_a_transitional_view_writes_nothing_and_moves_the_epoch() {
         let mut w = three_daemons();
         w.table.transitional(&|_| true, &mut w.boxes);
@@ -447,7 +466,8 @@ mod tests {
         let mut none = Vec::new();
         w.table.state_of("d9", &mut none);
         assert!(
-            matches!(Event::decode(&none), Ok((Event::State { clients, .. }, _)) if clients.is_empty())
+            matches!(Event::decode(&none), Ok((Event::State { clients, .. }, _))
+                if clients.is_empty())
         );
     }
 
@@ -600,5 +620,122 @@ mod tests {
         );
         assert_eq!(w.table.groups_of("#b#d1"), ["h", "k"]);
         assert_eq!(w.boxes.take(2).len(), 2);
+    }
+
+    mod merge_model {
+        //! Merges of tables that went their own ways, over random histories.
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::{BTreeMap, BTreeSet};
+
+        const DAEMONS: [&str; 3] = ["d1", "d2", "d3"];
+        const USERS: [&str; 3] = ["u", "v", "w"];
+        const GROUPS: [&str; 3] = ["x", "y", "z"];
+
+        /// (acting daemon's table, client's daemon, user, group, join or leave)
+        type Step = (usize, usize, usize, usize, bool);
+
+        fn step() -> impl Strategy<Value = Step> {
+            (0..3usize, 0..3usize, 0..3usize, 0..3usize, any::<bool>())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+            #[test]
+            fn every_daemon_ends_a_merge_with_the_same_table_and_views(
+                steps in proptest::collection::vec(step(), 0..40),
+                epoch in 2u64..1000,
+            ) {
+                // Each daemon's table applies its own history: joins and leaves of its own
+                // clients and of stale copies of others'. Only a daemon's own clients reach
+                // the merged table, as that daemon reported them.
+                let mut worlds: Vec<World> = Vec::new();
+                for (d, daemon) in DAEMONS.iter().enumerate() {
+                    let mut w = world(&[]);
+                    for (u, user) in USERS.iter().enumerate() {
+                        let name = format!("#{user}#{daemon}");
+                        w.connect(&name, (d * 10 + u) as LocalId);
+                    }
+                    worlds.push(w);
+                }
+                let mut truth: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+                for &(at, d, u, g, join) in &steps {
+                    let client = format!("#{}#{}", USERS[u], DAEMONS[d]);
+                    let group = GROUPS[g];
+                    let w = &mut worlds[at];
+                    if !w.table.has_client(&client) {
+                        w.apply(Event::Connect { client: &client });
+                    }
+                    if join {
+                        w.join(&client, group);
+                    } else {
+                        w.apply(Event::Leave { client: &client, group });
+                    }
+                    if at == d {
+                        // A leave of a group it is not in fails; a join beyond the limit
+                        // too: the table says what happened.
+                        let member = w.table.groups_of(&client).contains(&group);
+                        let set = truth.entry(group).or_default();
+                        if member { set.insert(client); } else { set.remove(&client); }
+                    }
+                }
+                let bytes: Vec<Vec<u8>> = DAEMONS
+                    .iter()
+                    .zip(&worlds)
+                    .map(|(d, w)| {
+                        let mut b = Vec::new();
+                        w.table.state_of(d, &mut b);
+                        b
+                    })
+                    .collect();
+                let states = decoded(&bytes);
+                for w in &mut worlds {
+                    w.table.merge(epoch, &states, &mut w.boxes);
+                }
+                for w in &worlds[1..] {
+                    prop_assert_eq!(w.table.groups(), worlds[0].table.groups());
+                }
+                let merged: Vec<(String, ViewId, Vec<String>)> = worlds[0]
+                    .table
+                    .groups()
+                    .into_iter()
+                    .map(|g| {
+                        let members = g.members.iter().map(|m| m.to_string()).collect();
+                        (g.name.into(), g.view, members)
+                    })
+                    .collect();
+                for (n, (name, view, members)) in merged.iter().enumerate() {
+                    prop_assert_eq!(*view, ViewId { epoch, seq: n as u64 + 1 });
+                    let want: Vec<String> = truth[name.as_str()].iter().cloned().collect();
+                    prop_assert_eq!(members, &want);
+                }
+                let live = truth.values().filter(|m| !m.is_empty()).count();
+                prop_assert_eq!(merged.len(), live);
+                // Each local client got one view in the new epoch for each group it is in,
+                // in group name order, as every daemon lists the group.
+                for (d, w) in worlds.iter_mut().enumerate() {
+                    for (u, user) in USERS.iter().enumerate() {
+                        let id = (d * 10 + u) as LocalId;
+                        let name = format!("#{user}#{}", DAEMONS[d]);
+                        let views: Vec<Seen> = w.boxes.take(id).into_iter()
+                            .filter(|s| {
+                                matches!(s, Seen::View(_, _, ViewId { epoch: e, .. }, ..)
+                                    if *e == epoch)
+                            })
+                            .collect();
+                        let want: Vec<Seen> = merged
+                            .iter()
+                            .filter(|(_, _, members)| members.contains(&name))
+                            .map(|(group, view, members)| {
+                                let members: Vec<&str> =
+                                    members.iter().map(String::as_str).collect();
+                                net(group, Regular, epoch, view.seq, &members)
+                            })
+                            .collect();
+                        prop_assert_eq!(views, want);
+                    }
+                }
+            }
+        }
     }
 }
