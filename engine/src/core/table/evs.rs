@@ -738,4 +738,98 @@ mod tests {
             }
         }
     }
+
+    mod transition_model {
+        //! Transitional configurations and installs over random tables.
+        use super::*;
+        use conclave_control::wire::names;
+        use proptest::prelude::*;
+
+        const CLIENTS: [&str; 6] = ["#u#d1", "#v#d1", "#u#d2", "#v#d2", "#u#d3", "#u#d4"];
+        const GROUPS: [&str; 3] = ["x", "y", "z"];
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+            #[test]
+            fn daemons_that_move_together_agree_and_touched_groups_get_one_view_of_each_kind(
+                joins in proptest::collection::vec((0..6usize, 0..3usize), 0..20),
+                d2_stays in any::<bool>(),
+                d4_stays in any::<bool>(),
+            ) {
+                // d1 (local u, v) and d3 (local u) move together; d2 and d4 maybe not.
+                let mut at_d1 = world(&[]);
+                let mut at_d3 = world(&[]);
+                let locals: [(&mut World, &[usize]); 2] =
+                    [(&mut at_d1, &[0, 1]), (&mut at_d3, &[4])];
+                for (w, local) in locals {
+                    for &c in local {
+                        w.table.bind_local(CLIENTS[c], c as LocalId);
+                        w.boxes.0.insert(c as LocalId, Vec::new());
+                    }
+                    for c in CLIENTS {
+                        w.apply(Event::Connect { client: c });
+                    }
+                    for &(c, g) in &joins {
+                        w.join(CLIENTS[c], GROUPS[g]);
+                    }
+                }
+                let base = at_d1.table.changes;
+                prop_assert_eq!(base, at_d3.table.changes);
+                let before: Vec<(String, Vec<String>)> = at_d1
+                    .table
+                    .groups()
+                    .iter()
+                    .map(|g| {
+                        let members = g.members.iter().map(|m| m.to_string()).collect();
+                        (g.name.to_string(), members)
+                    })
+                    .collect();
+                let keep = |d: &str| match d {
+                    "d2" => d2_stays,
+                    "d4" => d4_stays,
+                    _ => true,
+                };
+                for w in [&mut at_d1, &mut at_d3] {
+                    for id in w.boxes.0.values_mut() {
+                        id.clear();
+                    }
+                    w.table.transitional(&keep, &mut w.boxes);
+                    w.table.install(50, &mut w.boxes);
+                }
+                prop_assert_eq!(at_d1.table.groups(), at_d3.table.groups());
+                for g in at_d1.table.groups() {
+                    for m in &g.members {
+                        let d = names::daemon_of(m).unwrap_or("");
+                        prop_assert!(keep(d), "{} of a departed daemon is still in {}", m, g.name);
+                    }
+                }
+                for c in [0usize, 1, 4] {
+                    let w = if c == 4 { &mut at_d3 } else { &mut at_d1 };
+                    let seen = w.boxes.take(c as LocalId);
+                    // Touched groups (lost members, kept some) in name order: the k-th gets
+                    // transitional id (1, base + k), then regular id (50, k).
+                    let mut want = Vec::new();
+                    let mut regular = Vec::new();
+                    let mut k = 0;
+                    for (group, members) in &before {
+                        let left: Vec<&str> = members
+                            .iter()
+                            .map(String::as_str)
+                            .filter(|m| names::daemon_of(m).is_some_and(keep))
+                            .collect();
+                        if left.len() == members.len() || left.is_empty() {
+                            continue;
+                        }
+                        k += 1;
+                        if left.contains(&CLIENTS[c]) {
+                            want.push(net(group, Transitional, 1, base + k, &left));
+                            regular.push(net(group, Regular, 50, k, &left));
+                        }
+                    }
+                    want.extend(regular);
+                    prop_assert_eq!(seen, want);
+                }
+            }
+        }
+    }
 }
