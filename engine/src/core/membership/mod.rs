@@ -50,13 +50,18 @@ use self::wire::{
     CommitToken, DIGESTS, Join, MemberEntry, MembershipError, PacketKind, Presence, kind_of,
 };
 use super::ring::wire::KIND_TOKEN;
-use super::ring::{DaemonIdx, Delivery, Dest, PacketError, Ring, RingConfig, RingId, SubmitError};
+use super::ring::{
+    DaemonIdx, Delivery, Dest, PacketError, Ring, RingConfig, RingId, RingStats, SubmitError,
+};
 use super::time::Instant;
 
 /// Tag of a recovery message carrying one old-ring packet.
 const TAG_PACKET: u8 = 1;
 /// Tag of a recovery message saying its sender has re-sent all it had to.
 const TAG_MARKER: u8 = 2;
+
+/// Consensus deadlines a gather waits for daemons that answer but do not yet agree.
+const CONSENSUS_ROUNDS: u32 = 3;
 
 /// Most notes kept for the log.
 const MAX_NOTES: usize = 64;
@@ -98,8 +103,8 @@ impl MembershipConfig {
             incarnation: 1,
             max_ring_seq: 0,
             digests: [0; DIGESTS],
-            join_timeout: (loss / 10).max(Duration::from_millis(1)),
-            consensus_timeout: (loss / 2).max(Duration::from_millis(2)),
+            join_timeout: (loss / 20).max(Duration::from_millis(1)),
+            consensus_timeout: (loss / 4).max(Duration::from_millis(4)),
             merge_interval: loss,
             ring,
         }
@@ -223,6 +228,11 @@ struct Gather {
     proc: BTreeSet<DaemonIdx>,
     fail: BTreeSet<DaemonIdx>,
     consensus: BTreeSet<DaemonIdx>,
+    /// Daemons whose joins arrived since the last consensus deadline: alive, if not yet
+    /// agreeing, so they get another round before being failed.
+    heard: BTreeSet<DaemonIdx>,
+    /// Consensus deadlines passed in this gather.
+    rounds: u32,
     next_join: Instant,
     consensus_deadline: Instant,
     /// Consensus reached, waiting for the representative's commit token until then.
@@ -317,6 +327,8 @@ pub struct Membership {
     next_presence: Instant,
     notes: VecDeque<Note>,
     stats: MembershipStats,
+    /// Counters of rings this daemon no longer runs.
+    retired: RingStats,
     buf_pool: Vec<Vec<u8>>,
 }
 
@@ -369,6 +381,7 @@ impl Membership {
             next_presence: now,
             notes: VecDeque::new(),
             stats: MembershipStats::default(),
+            retired: RingStats::default(),
             buf_pool: Vec::new(),
             cfg,
         };
@@ -419,6 +432,18 @@ impl Membership {
     /// The ring of the last installed configuration (its counters and settings).
     pub fn ring(&self) -> &Ring {
         &self.current
+    }
+
+    /// Ring counters summed over every ring this daemon has run.
+    pub fn ring_stats(&self) -> RingStats {
+        let mut total = self.retired.clone();
+        total.absorb(self.current.stats());
+        if let Phase::Recovery(r) = &self.phase
+            && let Some(n) = &r.new
+        {
+            total.absorb(n.stats());
+        }
+        total
     }
 
     /// Membership counters.
@@ -714,6 +739,7 @@ impl Membership {
         if g.fail.contains(&from) {
             return;
         }
+        g.heard.insert(from);
         let same = join.proc.iter().copied().eq(g.proc.iter().copied())
             && join.fail.iter().copied().eq(g.fail.iter().copied());
         if same {
@@ -1045,6 +1071,11 @@ impl Membership {
         }
         // Unordered messages of a ring that is never installed go with it.
         self.deferred.clear();
+        if let Phase::Recovery(r) = &self.phase
+            && let Some(n) = &r.new
+        {
+            self.retired.absorb(n.stats());
+        }
         proc.extend(extra.iter().copied());
         proc.insert(me);
         proc.retain(|d| self.cfg.daemons.binary_search(d).is_ok());
@@ -1054,6 +1085,8 @@ impl Membership {
             proc,
             fail: BTreeSet::new(),
             consensus,
+            heard: BTreeSet::new(),
+            rounds: 0,
             next_join: now,
             consensus_deadline: now + self.cfg.consensus_timeout,
             commit_deadline: None,
@@ -1166,17 +1199,24 @@ impl Membership {
                     return;
                 }
                 if g.consensus_deadline <= now {
+                    // Daemons that spoke this round are alive and converging; only after
+                    // a few rounds without agreement are they failed too, which bounds the
+                    // run when links are one-way or flapping.
+                    let patient = g.rounds < CONSENSUS_ROUNDS;
                     let silent: Vec<DaemonIdx> = g
                         .proc
                         .difference(&g.fail)
-                        .filter(|d| !g.consensus.contains(d))
+                        .filter(|d| !(g.consensus.contains(d) || patient && g.heard.contains(d)))
                         .copied()
                         .collect();
-                    g.fail.extend(silent.iter().copied());
-                    g.consensus.clear();
-                    g.consensus.insert(self.cfg.me);
+                    g.rounds += 1;
+                    g.heard.clear();
                     g.consensus_deadline = now + self.cfg.consensus_timeout;
                     if !silent.is_empty() {
+                        // New sets: every agreement so far was on the old ones.
+                        g.fail.extend(silent.iter().copied());
+                        g.consensus.clear();
+                        g.consensus.insert(self.cfg.me);
                         self.note(Note::Failed(silent));
                     }
                     self.send_join(now);
@@ -1387,6 +1427,7 @@ impl Membership {
             debug_assert!(false, "install without a new ring");
             return;
         };
+        self.retired.absorb(self.current.stats());
         self.current = new;
         self.installed = true;
         self.stats.installs += 1;
