@@ -197,6 +197,48 @@ struct Reassembly {
     buf: Vec<u8>,
 }
 
+/// One token visit's flow-control figures (see `Ring::flow_control`).
+struct VisitShare {
+    /// New packets this visit may multicast.
+    allowed: u32,
+    /// Packets the other daemons multicast in the last rotation.
+    fcc_others: u32,
+    /// Messages waiting here now.
+    backlog_now: u32,
+    /// Messages waiting in the whole ring, as far as this visit knows.
+    backlog_total: u32,
+}
+
+impl Reassembly {
+    /// Adds one fragment of its origin's current message: `Ok(true)` once the message is
+    /// complete (in `buf`), `Ok(false)` while more are due, `Err` for a fragment that does
+    /// not continue it (the message is dropped; the caller counts it).
+    fn add(&mut self, item: &wire::Item<'_>, max_message: usize) -> Result<bool, ()> {
+        if item.first {
+            self.buf.clear();
+            self.active = item.total as usize <= max_message;
+            self.service = Some(item.service);
+            self.total = item.total;
+            if !self.active {
+                return Err(());
+            }
+        } else if !self.active || self.total != item.total || self.service != Some(item.service) {
+            self.active = false;
+            return Err(());
+        }
+        self.buf.extend_from_slice(item.bytes);
+        let len = self.buf.len();
+        if len > self.total as usize || (item.last && len != self.total as usize) {
+            self.active = false;
+            return Err(());
+        }
+        if item.last {
+            self.active = false;
+        }
+        Ok(item.last)
+    }
+}
+
 /// What `poll_delivery`'s search found; the borrow is taken after the loop.
 enum Found {
     Whole { start: usize, end: usize },
@@ -658,14 +700,24 @@ impl Ring {
 
     /// The token holder's turn: retransmit, ask, multicast, update aru, forward.
     fn send_phase(&mut self, now: Instant) {
-        let me = self.cfg.me;
-        let per_daemon = self.cfg.window_per_daemon;
+        let retransmitted = self.answer_retransmit_requests();
+        self.request_missing();
+        let share = self.flow_control(retransmitted);
+        let first_new = self.out.len();
+        let sent = self.multicast_new(share.allowed);
+        self.account_visit(&share, retransmitted + sent);
+        self.lower_or_raise_aru();
+        self.forward_token(now, first_new, sent);
+    }
 
+    /// Queues the requested packets this daemon holds (at most its personal window),
+    /// removing them from the token's list; returns how many.
+    fn answer_retransmit_requests(&mut self) -> u32 {
         // Requests every daemon can no longer need (they all hold those packets, which may
         // be collected everywhere) would otherwise sit in the list for ever.
         let safe = self.safe_upto;
         self.token.rtr.retain(|&s| s > safe);
-
+        let per_daemon = self.cfg.window_per_daemon;
         let mut retransmitted = 0u32;
         let mut i = 0;
         while i < self.token.rtr.len() {
@@ -681,7 +733,11 @@ impl Ring {
                 i += 1;
             }
         }
+        retransmitted
+    }
 
+    /// Adds this daemon's holes up to the token's seq to the request list.
+    fn request_missing(&mut self) {
         let mut scan_end = self
             .token
             .seq
@@ -700,7 +756,12 @@ impl Ring {
             }
             s += 1;
         }
+    }
 
+    /// How many new packets this visit may multicast: the personal and rotation windows
+    /// less what was retransmitted, this daemon's share of the ring's backlog, and the
+    /// room below the unstable horizon.
+    fn flow_control(&self, retransmitted: u32) -> VisitShare {
         let fcc_others = self.token.fcc.saturating_sub(self.sent_last_visit);
         let backlog_now = u32::try_from(self.pending.len()).unwrap_or(u32::MAX);
         let backlog_total = self
@@ -708,11 +769,15 @@ impl Ring {
             .backlog
             .saturating_sub(self.backlog_last_visit)
             .saturating_add(backlog_now);
-        let mut allowed = per_daemon.saturating_sub(retransmitted).min(
-            self.cfg
-                .window_per_rotation
-                .saturating_sub(fcc_others.saturating_add(retransmitted)),
-        );
+        let mut allowed = self
+            .cfg
+            .window_per_daemon
+            .saturating_sub(retransmitted)
+            .min(
+                self.cfg
+                    .window_per_rotation
+                    .saturating_sub(fcc_others.saturating_add(retransmitted)),
+            );
         if backlog_total > 0 {
             // Share the rotation's window in proportion to what each daemon has waiting.
             let share = u64::from(self.cfg.window_per_rotation) * u64::from(backlog_now)
@@ -724,9 +789,16 @@ impl Ring {
             .aru
             .saturating_add(u64::from(self.cfg.max_unstable));
         let room = u32::try_from(horizon.saturating_sub(self.token.seq)).unwrap_or(u32::MAX);
-        allowed = allowed.min(room);
+        VisitShare {
+            allowed: allowed.min(room),
+            fcc_others,
+            backlog_now,
+            backlog_total,
+        }
+    }
 
-        let first_new = self.out.len();
+    /// Packs and queues up to `allowed` new packets from the send queue; returns how many.
+    fn multicast_new(&mut self, allowed: u32) -> u32 {
         let mut sent = 0u32;
         while sent < allowed && !self.pending.is_empty() {
             let seq = self.token.seq + 1;
@@ -743,14 +815,23 @@ impl Ring {
             });
             sent += 1;
         }
+        sent
+    }
 
-        self.sent_last_visit = retransmitted + sent;
-        self.token.fcc = fcc_others.saturating_add(self.sent_last_visit);
+    /// Writes this visit's sends and backlog into the token's flow-control counts.
+    fn account_visit(&mut self, share: &VisitShare, sent: u32) {
+        self.sent_last_visit = sent;
+        self.token.fcc = share.fcc_others.saturating_add(sent);
         self.backlog_last_visit = u32::try_from(self.pending.len()).unwrap_or(u32::MAX);
-        self.token.backlog = backlog_total
-            .saturating_sub(backlog_now)
+        self.token.backlog = share
+            .backlog_total
+            .saturating_sub(share.backlog_now)
             .saturating_add(self.backlog_last_visit);
+    }
 
+    /// Lowers the token's aru to this daemon's, or raises it back if this daemon lowered it.
+    fn lower_or_raise_aru(&mut self) {
+        let me = self.cfg.me;
         if self.my_aru < self.token.aru
             || self.token.aru_id == Some(me)
             || self.token.aru_id.is_none()
@@ -758,12 +839,15 @@ impl Ring {
             self.token.aru = self.my_aru;
             self.token.aru_id = (self.token.aru != self.token.seq).then_some(me);
         }
-
         debug_assert!(self.token.aru <= self.token.seq, "token aru above its seq");
         debug_assert!(
             self.my_aru <= self.high_seq,
             "aru above the highest seq seen"
         );
+    }
+
+    /// Encodes the token and queues it after (or, accelerated, among) this visit's packets.
+    fn forward_token(&mut self, now: Instant, first_new: usize, sent: u32) {
         self.last_forwarded_aru = self.token.aru;
         self.forwarded_seq = Some(self.token.seq);
         self.token.token_seq = self.token.token_seq.saturating_add(1);
@@ -845,7 +929,7 @@ impl Ring {
         let Some(pkt) = self.store.get(seq) else {
             return;
         };
-        let origin = DaemonIdx(u16::from_le_bytes([pkt[20], pkt[21]]));
+        let origin = wire::origin_of(pkt);
         let mut off = DATA_HEADER;
         while let Ok((item, used)) = wire::parse_item(&pkt[off..]) {
             if item.first && item.last && unordered(item.service) {
@@ -956,6 +1040,30 @@ impl Ring {
         self.safe_upto = self.my_aru;
     }
 
+    /// The last sequence number delivery may reach now: what is held without a gap, or, once
+    /// the configuration has ended, everything seen.
+    fn delivery_end(&self) -> u64 {
+        match &self.transitional {
+            Some(_) => self.high_seq,
+            None => self.my_aru,
+        }
+    }
+
+    /// Steps the delivery cursor over packet `seq`, which nobody moving together holds.
+    fn skip_hole(&mut self, seq: u64) {
+        // Only a transitional configuration may skip: in a regular one every packet up to
+        // my_aru is held until delivered, so a gap is a bug.
+        debug_assert!(self.transitional.is_some(), "delivery gap at {seq}");
+        // The hole is a packet of a daemon outside the transitional set (every member holds
+        // its own packets, and recovery shared them), whose messages are filtered from here
+        // on; members' fragmented messages go on intact.
+        if let Some(t) = self.transitional.as_mut() {
+            t.skipped = true;
+        }
+        self.deliver_seq += 1;
+        self.deliver_off = 0;
+    }
+
     /// The next message in delivery order, if it may be delivered now.
     pub fn poll_delivery(&mut self) -> Option<Delivery<'_>> {
         let (seq, origin, service, found) = loop {
@@ -965,11 +1073,7 @@ impl Ring {
                 let (start, end) = (e.start, e.end);
                 break (e.seq, e.origin, e.service, Found::Whole { start, end });
             }
-            let end = match &self.transitional {
-                Some(_) => self.high_seq,
-                None => self.my_aru,
-            };
-            if self.deliver_seq > end {
+            if self.deliver_seq > self.delivery_end() {
                 self.collect();
                 if self.is_single() && !self.pending.is_empty() && self.transitional.is_none() {
                     self.single_visit();
@@ -979,17 +1083,7 @@ impl Ring {
             }
             let seq = self.deliver_seq;
             let Some(pkt) = self.store.get(seq) else {
-                // Only a transitional configuration may skip: in a regular one every packet up
-                // to my_aru is held until delivered, so a gap is a bug.
-                debug_assert!(self.transitional.is_some(), "delivery gap at {seq}");
-                // The hole is a packet of a daemon outside the transitional set (every
-                // member holds its own packets, and recovery shared them), whose messages
-                // are filtered from here on; members' fragmented messages go on intact.
-                if let Some(t) = self.transitional.as_mut() {
-                    t.skipped = true;
-                }
-                self.deliver_seq += 1;
-                self.deliver_off = 0;
+                self.skip_hole(seq);
                 continue;
             };
             if self.deliver_off == 0 {
@@ -1001,7 +1095,7 @@ impl Ring {
                 self.collect();
                 continue;
             }
-            let origin = DaemonIdx(u16::from_le_bytes([pkt[20], pkt[21]]));
+            let origin = wire::origin_of(pkt);
             let Ok((item, used)) = wire::parse_item(&pkt[self.deliver_off..]) else {
                 self.deliver_off = pkt.len();
                 continue;
@@ -1030,32 +1124,10 @@ impl Ring {
             let Some(pos) = self.pos_of(origin) else {
                 continue;
             };
-            let max_message = self.cfg.max_message;
-            let r = &mut self.reasm[pos];
-            if item.first {
-                r.buf.clear();
-                r.active = item.total as usize <= max_message;
-                r.service = Some(item.service);
-                r.total = item.total;
-                if !r.active {
-                    self.stats.reassembly_errors += 1;
-                    continue;
-                }
-            } else if !r.active || r.total != item.total || r.service != Some(item.service) {
-                r.active = false;
-                self.stats.reassembly_errors += 1;
-                continue;
-            }
-            r.buf.extend_from_slice(item.bytes);
-            let len = r.buf.len();
-            if len > r.total as usize || (item.last && len != r.total as usize) {
-                r.active = false;
-                self.stats.reassembly_errors += 1;
-                continue;
-            }
-            if item.last {
-                r.active = false;
-                break (seq, origin, item.service, Found::Reassembled { pos });
+            match self.reasm[pos].add(&item, self.cfg.max_message) {
+                Ok(true) => break (seq, origin, item.service, Found::Reassembled { pos }),
+                Ok(false) => {}
+                Err(()) => self.stats.reassembly_errors += 1,
             }
         };
         self.stats.messages_delivered += 1;

@@ -34,6 +34,12 @@ pub const KIND_TOKEN: u8 = 2;
 pub const COMMON_HEADER: usize = 12;
 /// Bytes of a data packet's header, common header included.
 pub const DATA_HEADER: usize = 24;
+/// Offset of a data packet's sequence number.
+pub const DATA_SEQ: usize = 12;
+/// Offset of a data packet's origin daemon.
+pub const DATA_ORIGIN: usize = 20;
+/// Offset of a data packet's item count.
+pub const DATA_COUNT: usize = 22;
 /// Bytes of an item's header inside a data packet.
 pub const ITEM_HEADER: usize = 8;
 /// Bytes of a token without its retransmission-request list.
@@ -277,8 +283,8 @@ pub fn push_item_header(
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&total.to_le_bytes());
     // Callers only push items after `begin_data`, which wrote the count field.
-    let count = u16::from_le_bytes([out[22], out[23]]).saturating_add(1);
-    out[22..24].copy_from_slice(&count.to_le_bytes());
+    let count = u16::from_le_bytes([out[DATA_COUNT], out[DATA_COUNT + 1]]).saturating_add(1);
+    out[DATA_COUNT..DATA_COUNT + 2].copy_from_slice(&count.to_le_bytes());
 }
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16, PacketError> {
@@ -339,6 +345,14 @@ pub fn parse_item(b: &[u8]) -> Result<(Item<'_>, usize), PacketError> {
     ))
 }
 
+/// The origin daemon of a stored (already checked) data packet.
+pub fn origin_of(packet: &[u8]) -> DaemonIdx {
+    DaemonIdx(u16::from_le_bytes([
+        packet[DATA_ORIGIN],
+        packet[DATA_ORIGIN + 1],
+    ]))
+}
+
 /// Decodes and checks one datagram.
 pub fn decode(b: &[u8]) -> Result<Packet<'_>, PacketError> {
     if b.is_empty() {
@@ -356,9 +370,9 @@ pub fn decode(b: &[u8]) -> Result<Packet<'_>, PacketError> {
     };
     match b[1] {
         KIND_DATA => {
-            let seq = u64_at(b, 12)?;
-            let origin = DaemonIdx(u16_at(b, 20)?);
-            let count = u16_at(b, 22)?;
+            let seq = u64_at(b, DATA_SEQ)?;
+            let origin = DaemonIdx(u16_at(b, DATA_ORIGIN)?);
+            let count = u16_at(b, DATA_COUNT)?;
             if seq == 0 {
                 return Err(PacketError::Malformed("data seq 0"));
             }
