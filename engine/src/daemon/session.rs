@@ -149,6 +149,11 @@ pub(crate) struct Session {
     pub(crate) fin_sent: bool,
     /// While closing: the peer closed its side.
     pub(crate) peer_closed: bool,
+    /// Epoll reported the peer's close (or an error) with some edge. The close may have
+    /// come in the same edge as the last data, so a short read no longer proves that
+    /// nothing is left to learn: only a read of 0 (or an error) does. Without this, a
+    /// client that wrote and closed at once kept its slot and name for good.
+    pub(crate) hup_seen: bool,
 }
 
 /// First size of a session's read buffer; it grows (to the profile's read chunk, or to
@@ -177,6 +182,7 @@ impl Session {
             accepted: Instant::now(),
             fin_sent: false,
             peer_closed: false,
+            hup_seen: false,
         }
     }
 

@@ -343,6 +343,11 @@ impl Worker {
                     if ev.is_writable() {
                         self.sessions.mark_dirty(id);
                     }
+                    if (ev.is_read_closed() || ev.is_error())
+                        && let Some(s) = self.sessions.get(id)
+                    {
+                        s.hup_seen = true;
+                    }
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                         self.queue_read(id);
                     }
@@ -748,8 +753,9 @@ impl Worker {
                     self.counters.reads += 1;
                     self.counters.bytes_in += n as u64;
                     self.handle_input(id);
-                    if n < asked {
-                        // A short read drained the socket; epoll reports the next arrival.
+                    if n < asked && !self.sessions.get(id).is_some_and(|s| s.hup_seen) {
+                        // A short read drained the socket; epoll reports the next arrival
+                        // (but not a close that came with the edge already taken).
                         return false;
                     }
                 }
