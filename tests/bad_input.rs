@@ -132,6 +132,41 @@ fn garbage_instead_of_hello_is_refused() {
 }
 
 #[test]
+fn an_http_request_instead_of_hello_gets_bad_hello_on_both_transports() {
+    const HTTP: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let d = Daemon::start();
+    let mut by = Bystander::new(&d);
+    by.counts("/counters/refusals_by_code/BadHello", || {
+        let mut raw = Raw::connect(&d);
+        raw.send(HTTP);
+        let frames = raw.expect_close();
+        assert!(
+            frames.iter().any(|f| f.contains("BadHello")),
+            "unix: {frames:?}"
+        );
+    });
+    by.counts("/counters/refusals_by_code/BadHello", || {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+        tcp.set_read_timeout(Some(common::WAIT)).unwrap();
+        tcp.write_all(HTTP).unwrap();
+        let mut got = Vec::new();
+        // The daemon answers and closes: read to the end of the stream (bounded by the
+        // read timeout).
+        tcp.read_to_end(&mut got).unwrap();
+        let (body, _) = conclave_control::wire::client::split_frame(&got, 1 << 20)
+            .unwrap()
+            .expect("one whole frame");
+        match conclave_control::wire::client::decode_daemon(body).unwrap() {
+            DaemonFrame::Refused { code, reason } => {
+                assert_eq!(code, RefuseCode::BadHello, "{reason}");
+            }
+            other => panic!("tcp: expected BadHello, got {other:?}"),
+        }
+    });
+}
+
+#[test]
 fn length_over_the_maximum_is_too_large_and_closes() {
     let d = Daemon::start();
     let mut by = Bystander::new(&d);

@@ -29,6 +29,12 @@ pub const MAX_TARGET_GROUPS: usize = 255;
 pub const FRAME_OVERHEAD_MAX: usize =
     1 + 64 + MAX_TARGET_GROUPS * (2 + names::MAX_GROUP_NAME_LEN) + 2 * (2 + 64);
 
+/// The largest frame a daemon reads before the hello: kind, magic, version and a name
+/// far longer than any allowed one (so a long name still gets `BadName`). A longer first
+/// frame is garbage (an HTTP request's `GET ` reads as a length of 540 MB) and is
+/// refused with `BadHello`.
+pub const HELLO_FRAME_MAX: usize = 1 + 4 + 2 + 2 + 1024;
+
 /// The largest frame (after the length prefix) allowed for a given maximum payload.
 pub fn max_frame_len(max_payload: usize) -> usize {
     max_payload + FRAME_OVERHEAD_MAX

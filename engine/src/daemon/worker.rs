@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use conclave_control::wire::client::{
-    ClientFrame, ErrorCode, PROTOCOL_VERSION, RefuseCode, WireError, decode_client, encode,
-    split_frame,
+    ClientFrame, ErrorCode, HELLO_FRAME_MAX, PROTOCOL_VERSION, RefuseCode, WireError,
+    decode_client, encode, split_frame,
 };
 use conclave_control::wire::names;
 use mio::net::{TcpListener, UnixListener};
@@ -779,7 +779,13 @@ impl Worker {
         let rlen = s.rlen;
         let mut start = 0;
         while start < rlen {
-            match split_frame(&rbuf[start..rlen], self.limits.max_frame) {
+            let welcomed = self.sessions.get(id).is_some_and(|s| s.welcomed);
+            let max_frame = if welcomed {
+                self.limits.max_frame
+            } else {
+                HELLO_FRAME_MAX.min(self.limits.max_frame)
+            };
+            match split_frame(&rbuf[start..rlen], max_frame) {
                 Ok(Some((body, used))) => {
                     start += used;
                     self.handle_frame(id, body);
@@ -788,6 +794,15 @@ impl Worker {
                     }
                 }
                 Ok(None) => break,
+                Err(WireError::FrameTooLong { len, .. }) if !welcomed => {
+                    self.counters.malformed_frames += 1;
+                    let reason = format!(
+                        "bad hello: the first frame claims {len} bytes (a hello has at most \
+                         {HELLO_FRAME_MAX}); is this a Conclave client?"
+                    );
+                    self.refuse(id, RefuseCode::BadHello, &reason);
+                    break;
+                }
                 Err(WireError::FrameTooLong { len, max }) => {
                     let reason = format!(
                         "frame of {len} bytes exceeds the maximum of {max} (payload limit {}); \
