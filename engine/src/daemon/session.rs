@@ -25,6 +25,23 @@ impl Stream {
         }
     }
 
+    /// Who is on the other end, for log lines: the TCP peer's address, or the Unix
+    /// peer's socket path (clients' sockets are usually unnamed).
+    pub(crate) fn peer(&self) -> String {
+        match self {
+            Stream::Tcp(s) => s
+                .peer_addr()
+                .map_or_else(|e| format!("tcp:?({e})"), |a| a.to_string()),
+            Stream::Unix(s) => match s.peer_addr() {
+                Ok(a) => a.as_pathname().map_or_else(
+                    || "unix:unnamed".to_owned(),
+                    |p| format!("unix:{}", p.display()),
+                ),
+                Err(e) => format!("unix:?({e})"),
+            },
+        }
+    }
+
     pub(crate) fn source(&mut self) -> &mut dyn mio::event::Source {
         match self {
             Stream::Unix(s) => s,
@@ -154,6 +171,8 @@ pub(crate) struct Session {
     /// nothing is left to learn: only a read of 0 (or an error) does. Without this, a
     /// client that wrote and closed at once kept its slot and name for good.
     pub(crate) hup_seen: bool,
+    /// The peer's address, read once at accept (it cannot be read after a reset).
+    pub(crate) peer: Box<str>,
 }
 
 /// First size of a session's read buffer; it grows (to the profile's read chunk, or to
@@ -167,6 +186,7 @@ const KEEP_WRITE_CAPACITY: usize = 8 << 20;
 impl Session {
     pub(crate) fn new(stream: Stream) -> Self {
         Self {
+            peer: stream.peer().into(),
             stream,
             rbuf: vec![0; INITIAL_READ_BUFFER],
             rlen: 0,

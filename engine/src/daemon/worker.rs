@@ -679,8 +679,14 @@ impl Worker {
             self.registry.live.fetch_sub(1, AtomicOrdering::Relaxed);
             return;
         }
-        tracing::debug!(id, transport = stream.transport(), "client connected");
-        self.sessions.slots[id as usize] = Some(Session::new(stream));
+        let session = Session::new(stream);
+        tracing::debug!(
+            id,
+            transport = session.stream.transport(),
+            peer = %session.peer,
+            "connection accepted"
+        );
+        self.sessions.slots[id as usize] = Some(session);
         self.sessions.live += 1;
         // The client may have written its hello already; the edge was before registration
         // on some kernels, so look now.
@@ -853,7 +859,12 @@ impl Worker {
 
     fn refuse(&mut self, id: LocalId, code: RefuseCode, reason: &str) {
         self.counters.refusals[code as usize] += 1;
-        tracing::debug!(id, ?code, reason, "hello refused");
+        let peer = self
+            .sessions
+            .get(id)
+            .map(|s| s.peer.clone())
+            .unwrap_or_default();
+        tracing::debug!(id, ?code, reason, %peer, "hello refused");
         if let Some(buf) = self.sessions.out(id) {
             encode::refused(buf, code, reason);
             self.counters.own_frames_out += 1;
@@ -992,7 +1003,14 @@ impl Worker {
             self.counters.own_frames_out += 1;
         }
         self.counters.welcomed += 1;
-        tracing::debug!(id, name = %private, "client welcomed");
+        if let Some(s) = self.sessions.get(id) {
+            tracing::info!(
+                client = %private,
+                transport = s.stream.transport(),
+                peer = %s.peer,
+                "client connected"
+            );
+        }
         let event = Event::Connect { client: &private };
         submit(&mut self.role, &mut self.sessions, &event);
         self.names[id as usize] = Some(private);
@@ -1092,10 +1110,12 @@ impl Worker {
         if s.closing.is_some() {
             return;
         }
-        tracing::debug!(id, ?reason, "closing session");
-        s.closing = Some(reason);
+        tracing::debug!(id, ?reason, peer = %s.peer, "closing session");
+        let (transport, peer) = (s.stream.transport(), s.peer.clone());
+        s.closing = Some(reason.clone());
         self.to_close.push(id);
         if let Some(name) = self.names.get_mut(id as usize).and_then(Option::take) {
+            tracing::info!(client = %name, transport, %peer, ?reason, "client disconnected");
             self.by_name.remove(&name);
             self.registry.release(&name);
             // The id may be reused before a ring orders the Disconnect.

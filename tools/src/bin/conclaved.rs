@@ -3,16 +3,18 @@
 //! With no `--config` it runs the embedded default (daemon `local`, TCP 127.0.0.1:4803,
 //! Unix socket `/tmp/conclave-4803.sock`). Once listening it prints
 //! `conclaved ready: unix=<path> tcp=<addr>` on stdout. SIGTERM or SIGINT: every client
-//! gets a Goodbye, the socket file is removed, exit 0. Logs go to stderr (`RUST_LOG`).
+//! gets a Goodbye, the socket file is removed, exit 0. SIGHUP re-checks the configuration
+//! files and logs the outcome; the daemon goes on unchanged. Logs go to stderr
+//! (`RUST_LOG`), without colour codes unless stderr is a terminal.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use conclave_engine::config::{Config, DEFAULT_CONFIG_NAME, Overrides};
+use conclave_engine::config::{Config, DEFAULT_CONFIG_NAME, Overrides, Profile};
 use conclave_engine::daemon::Daemon;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 /// The Conclave daemon.
@@ -53,6 +55,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes are noise in a log file or a journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
     match run(args) {
@@ -64,7 +68,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+/// Reads the configuration and profile the command line names, with its overrides.
+fn load(args: &Args) -> Result<(Config, Profile, String), Box<dyn std::error::Error>> {
     let (mut config, file) = match &args.config {
         Some(path) => (Config::load(path)?, path.display().to_string()),
         None => (Config::embedded(), DEFAULT_CONFIG_NAME.to_owned()),
@@ -77,6 +82,27 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     config.apply_overrides(&overrides, &file)?;
     let profile = config.load_profile()?;
+    Ok((config, profile, file))
+}
+
+/// SIGHUP: the files are read and checked again, so an operator learns at once whether
+/// the edited configuration would start; nothing is applied to the running daemon yet
+/// (that is the reload work of issue 10), and the daemon keeps running either way.
+fn on_hangup(args: &Args) {
+    match load(args) {
+        Ok((_, _, file)) => tracing::warn!(
+            "SIGHUP: {file} re-read and valid, but reload is not supported yet: \
+             the running configuration is unchanged (restart to apply changes)"
+        ),
+        Err(e) => tracing::error!(
+            "SIGHUP: reload is not supported yet, and the configuration would not load: \
+             {e}; the running configuration is unchanged"
+        ),
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let (config, profile, file) = load(&args)?;
     if args.check_config {
         println!(
             "{file}: ok (daemon {:?}, profile {:?})",
@@ -95,7 +121,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Handlers go in before the ready line, so a signal sent right after it is caught.
-    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    // SIGHUP too: its default action would kill the daemon without goodbyes and leave
+    // the socket file behind.
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let signal_handle = signals.handle();
     let handle = Daemon::start(config, profile)?;
     tracing::info!(daemon = handle.name(), "{}", handle.ready_line());
@@ -110,9 +138,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let signal_thread = std::thread::Builder::new()
         .name("conclave-signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    on_hangup(&args);
+                    continue;
+                }
                 tracing::info!(signal, "signal received; shutting down");
                 stopper.stop();
+                break;
             }
         })?;
     let result = handle.wait();
