@@ -9,6 +9,24 @@ pub mod ring_bench;
 
 use std::path::{Path, PathBuf};
 
+/// The exit codes of `conclaved`, `conclave` and `conclave-bench`, one table for all three
+/// (docs/exit-codes.md), so that scripts and service managers can tell failures apart.
+pub mod exit {
+    /// Success: the command did what was asked; `conclaved` stopped on SIGTERM/SIGINT;
+    /// `conclave user` ended on `q`, end of input, or the daemon's shutdown goodbye.
+    pub const OK: u8 = 0;
+    /// The request failed: refused by the daemon, an error, a goodbye other than the
+    /// daemon's shutdown, a flood that delivered or received nothing or not everything,
+    /// an invalid configuration (`conclaved`), a failed benchmark run.
+    pub const FAILED: u8 = 1;
+    /// Usage: bad arguments or a bad daemon address (clap also exits 2).
+    pub const USAGE: u8 = 2;
+    /// Lost: `conclave` saw its daemon close the connection without a goodbye (it
+    /// crashed or was killed) or could not reach it; `conclaved` could not start (socket
+    /// busy, address in use) or failed while running.
+    pub const LOST: u8 = 3;
+}
+
 use conclave::{Address, DEFAULT_TCP, DEFAULT_UNIX_SOCKET};
 
 /// The daemon address the CLI uses when none is given: the default Unix socket when its

@@ -85,10 +85,10 @@ fn main() -> ExitCode {
             .map_err(|e| e.into()),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(conclave_tools::exit::OK),
         Err(e) => {
             eprintln!("conclave-bench: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(conclave_tools::exit::FAILED)
         }
     }
 }

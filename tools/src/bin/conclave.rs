@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use conclave::{Connection, DaemonFrame, Event, Service, ViewId};
+use conclave_tools::exit;
 use conclave_tools::flood::{self, Latency, MSG_DATA, MSG_END, Report};
 use hdrhistogram::Histogram;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -111,7 +112,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!("conclave: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     if matches!(cli.command, Command::Demo) {
@@ -134,10 +135,44 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("conclave: daemon {addr}: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(e.as_ref()))
         }
     }
 }
+
+/// A command's outcome when it is not plain success or failure: the exit code to use
+/// (docs/exit-codes.md) and what to say.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct Exit {
+    code: u8,
+    message: String,
+}
+
+impl Exit {
+    fn failed(message: impl Into<String>) -> Box<dyn std::error::Error> {
+        Box::new(Exit {
+            code: exit::FAILED,
+            message: message.into(),
+        })
+    }
+}
+
+/// The exit code for an error: the daemon gone or unreachable is LOST, any other
+/// failure FAILED.
+fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
+    if let Some(x) = e.downcast_ref::<Exit>() {
+        return x.code;
+    }
+    match e.downcast_ref::<conclave::Error>() {
+        Some(conclave::Error::Io(_) | conclave::Error::Timeout(_)) => exit::LOST,
+        Some(conclave::Error::Closed { reason }) if reason == CLOSED_WITHOUT_GOODBYE => exit::LOST,
+        _ => exit::FAILED,
+    }
+}
+
+/// The SDK's reason for a stream that ended without a goodbye.
+const CLOSED_WITHOUT_GOODBYE: &str = "connection closed by the daemon";
 
 /// `conclave demo`: it starts its own daemon, so it takes no `--daemon`.
 fn demo() -> ExitCode {
@@ -148,7 +183,7 @@ fn demo() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("conclave demo: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::FAILED)
         }
     }
 }
@@ -185,9 +220,42 @@ commands:
 
 struct UserState {
     views: BTreeMap<String, (ViewId, Vec<String>)>,
+    /// The daemon's goodbye, once it came.
+    goodbye: Option<String>,
+}
+
+/// How an interactive session ends once the daemon closed it: 0 after the daemon's
+/// shutdown goodbye (nothing went wrong here), FAILED after another goodbye (a slow
+/// consumer), LOST when the stream just ended: the daemon crashed or was killed.
+fn user_closed(state: &UserState, reason: &str) -> AnyResult<()> {
+    match &state.goodbye {
+        Some(g) if g.contains("shutting down") => {
+            println!("\nthe daemon shut down: {g}");
+            Ok(())
+        }
+        Some(g) => Err(Exit::failed(format!("the daemon disconnected us: {g}"))),
+        None => Err(Box::new(Exit {
+            code: exit::LOST,
+            message: format!("connection lost without a goodbye ({reason}): did the daemon crash?"),
+        })),
+    }
 }
 
 fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
+    let mut state = UserState {
+        views: BTreeMap::new(),
+        goodbye: None,
+    };
+    match user_session(addr, name, &mut state) {
+        Err(e) => match e.downcast_ref::<conclave::Error>() {
+            Some(conclave::Error::Closed { reason }) => user_closed(&state, reason),
+            _ => Err(e),
+        },
+        ok => ok,
+    }
+}
+
+fn user_session(addr: &conclave::Address, name: &str, state: &mut UserState) -> AnyResult<()> {
     let mut conn = Connection::connect_as(addr, name)?;
     println!(
         "connected to {} ({}) as {}; h for help",
@@ -195,9 +263,6 @@ fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
         addr,
         conn.private_name()
     );
-    let mut state = UserState {
-        views: BTreeMap::new(),
-    };
     let stdin = io::stdin();
     let mut line_buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -205,7 +270,7 @@ fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
     loop {
         // Events already read (e.g. while waiting for a status) do not wake poll.
         while let Some(ev) = conn.receive(Duration::ZERO)? {
-            show_event(&mut state, ev);
+            show_event(state, ev);
         }
         let (stdin_ready, conn_ready) = {
             let mut fds = [
@@ -227,21 +292,19 @@ fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
                 fds[1].revents().intersects(stop),
             )
         };
-        if conn_ready {
-            match conn.receive(Duration::from_millis(10)) {
-                Ok(Some(ev)) => show_event(&mut state, ev),
-                Ok(None) => {}
-                Err(conclave::Error::Closed { reason }) => {
-                    println!("\nconnection closed: {reason}");
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
-            }
+        if conn_ready && let Some(ev) = conn.receive(Duration::from_millis(10))? {
+            show_event(state, ev);
         }
         if stdin_ready {
             let n = stdin.lock().read(&mut chunk)?;
             if n == 0 {
-                settle(&mut conn, &mut state)?;
+                settle(&mut conn, state)?;
+                if let Some(reason) = conn.closed_reason() {
+                    return Err(conclave::Error::Closed {
+                        reason: reason.to_owned(),
+                    }
+                    .into());
+                }
                 conn.disconnect()?;
                 return Ok(());
             }
@@ -251,19 +314,16 @@ fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
                 let line = String::from_utf8_lossy(&line).trim().to_owned();
                 // Show what already arrived first, so output follows input in order.
                 while let Some(ev) = conn.receive(Duration::ZERO)? {
-                    show_event(&mut state, ev);
+                    show_event(state, ev);
                 }
-                match user_command(&mut conn, &mut state, &line) {
+                match user_command(&mut conn, state, &line) {
                     Ok(true) => {}
                     Ok(false) => {
-                        settle(&mut conn, &mut state)?;
+                        settle(&mut conn, state)?;
                         conn.disconnect()?;
                         return Ok(());
                     }
-                    Err(conclave::Error::Closed { reason }) => {
-                        println!("connection closed: {reason}");
-                        return Ok(());
-                    }
+                    Err(e @ conclave::Error::Closed { .. }) => return Err(e.into()),
                     Err(e) => println!("error: {e}"),
                 }
                 prompt();
@@ -404,7 +464,10 @@ fn show_event(state: &mut UserState, ev: Event) {
         }
         Event::Error { code, reason } => println!("\n[error {code:?}] {reason}"),
         Event::Status { json } => println!("\n[status] {json}"),
-        Event::Goodbye { reason } => println!("\n[goodbye] {reason}"),
+        Event::Goodbye { reason } => {
+            println!("\n[goodbye] {reason}");
+            state.goodbye = Some(reason);
+        }
     }
     prompt();
 }
@@ -635,6 +698,18 @@ fn flood_recv(addr: &conclave::Address, c: &FloodCommon, idle: f64) -> AnyResult
     report.messages = received;
     report.bytes = bytes;
     print_report(&report, c.json);
+    // The report is printed either way; the exit code says whether the run counts.
+    if received == 0 {
+        return Err(Exit::failed(format!(
+            "received nothing in group {:?}",
+            c.group
+        )));
+    }
+    if !complete {
+        return Err(Exit::failed(format!(
+            "incomplete: received {received} of {total} messages"
+        )));
+    }
     Ok(())
 }
 

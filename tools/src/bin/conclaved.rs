@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use conclave_engine::config::{Config, DEFAULT_CONFIG_NAME, Overrides, Profile};
 use conclave_engine::daemon::Daemon;
+use conclave_tools::exit;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -60,12 +61,20 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err((code, e)) => {
             eprintln!("{e}");
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
+}
+
+/// A failure and its exit code (docs/exit-codes.md).
+type Failure = (u8, Box<dyn std::error::Error>);
+
+/// Tags an error with an exit code.
+fn code<E: Into<Box<dyn std::error::Error>>>(code: u8) -> impl FnOnce(E) -> Failure {
+    move |e| (code, e.into())
 }
 
 /// Reads the configuration and profile the command line names, with its overrides.
@@ -101,8 +110,10 @@ fn on_hangup(args: &Args) {
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let (config, profile, file) = load(&args)?;
+/// Runs the daemon: FAILED for a configuration that does not load, LOST for a daemon
+/// that cannot start or fails while running.
+fn run(args: Args) -> Result<(), Failure> {
+    let (config, profile, file) = load(&args).map_err(code(exit::FAILED))?;
     if args.check_config {
         println!(
             "{file}: ok (daemon {:?}, profile {:?})",
@@ -123,13 +134,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Handlers go in before the ready line, so a signal sent right after it is caught.
     // SIGHUP too: its default action would kill the daemon without goodbyes and leave
     // the socket file behind.
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let lost = code(exit::LOST);
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(code(exit::LOST))?;
     let signal_handle = signals.handle();
-    let handle = Daemon::start(config, profile)?;
+    let handle = Daemon::start(config, profile).map_err(code(exit::LOST))?;
     tracing::info!(daemon = handle.name(), "{}", handle.ready_line());
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", handle.ready_line())?;
-    stdout.flush()?;
+    writeln!(stdout, "{}", handle.ready_line())
+        .and_then(|()| stdout.flush())
+        .map_err(code(exit::LOST))?;
     drop(stdout);
 
     // The signal thread only asks the daemon's control plane to stop; that thread tells
@@ -147,12 +160,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 stopper.stop();
                 break;
             }
-        })?;
+        })
+        .map_err(code(exit::LOST))?;
     let result = handle.wait();
     // The worker may have stopped on its own (an error): release the signal thread.
     signal_handle.close();
     let _ = signal_thread.join();
-    result?;
+    result.map_err(lost)?;
     tracing::info!("stopped");
     Ok(())
 }
