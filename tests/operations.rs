@@ -107,3 +107,48 @@ fn logs_to_a_file_are_plain_and_name_each_client_and_its_peer() {
         "the accept of a TCP client names its address: {accepted:?}"
     );
 }
+
+#[test]
+fn a_shared_config_without_me_runs_with_name_and_check_config_catches_shared_endpoints() {
+    let ring = "[[daemons]]\nname = \"d0\"\naddress = \"127.0.0.1\"\nring_port = 7000\nclient_port = @PORT@\n";
+    // `--name` replaces `me`: a daemon starts from a file that has none.
+    let d = Daemon::start_with(Some(ring), &["--name", "d0"]);
+    let c = d.client("named");
+    assert_eq!(c.daemon_name(), "d0");
+    drop(c);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ring.toml");
+    let two = |second_ring_port: u16| {
+        format!(
+            "[[daemons]]\nname = \"d0\"\naddress = \"127.0.0.1\"\nring_port = 7000\nclient_port = 7001\n\
+             [[daemons]]\nname = \"d1\"\naddress = \"127.0.0.1\"\nring_port = {second_ring_port}\nclient_port = 7011\n"
+        )
+    };
+    let check = |text: &str, name: Option<&str>| {
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = std::process::Command::new(common::conclaved());
+        cmd.arg("--config").arg(&path).arg("--check-config");
+        if let Some(n) = name {
+            cmd.args(["--name", n]);
+        }
+        cmd.output().unwrap()
+    };
+    let out = check(&two(7010), Some("d1"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = check(&two(7010), None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("me: missing"), "{stderr}");
+    let out = check(&two(7000), Some("d0"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("daemons[1].ring_port") && stderr.contains("127.0.0.1:7000"),
+        "{stderr}"
+    );
+}

@@ -6,7 +6,7 @@
 //! check what serde cannot; every failure is a [`ConfigError`] naming the file, the key
 //! and the reason, so an operator can fix the file without reading code.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -195,7 +195,9 @@ impl GroupsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Which daemon of `daemons` this process is.
+    /// Which daemon of `daemons` this process is. May be left out of the file when the
+    /// command line names the daemon (`--name`), so that all daemons share one file.
+    #[serde(default)]
     pub me: String,
     /// The tuning profile: an embedded profile name or a path to a profile file.
     #[serde(default = "default_profile")]
@@ -223,16 +225,27 @@ impl Config {
 
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, &Overrides::default())
+    }
+
+    /// Reads a configuration file, applies the command line's overrides, then validates
+    /// the result (so `--name` stands in for a missing `me`).
+    pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(&file, "(file)", format!("cannot read: {e}")))?;
-        Self::parse(&text, &file)
+        Self::parse_with(&text, &file, overrides)
     }
 
     /// Parses and validates configuration text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
-        config.validate(file)?;
+        Self::parse_with(text, file, &Overrides::default())
+    }
+
+    /// Parses configuration text, applies overrides, validates; `file` names it in errors.
+    pub fn parse_with(text: &str, file: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+        config.apply_overrides(overrides, file)?;
         Ok(config)
     }
 
@@ -271,6 +284,13 @@ impl Config {
                     "port 0 is not allowed",
                 ));
             }
+        }
+        if self.me.is_empty() {
+            return Err(ConfigError::new(
+                file,
+                "me",
+                "missing: name this daemon with `me = \"...\"` or `--name`",
+            ));
         }
         if !seen.contains(self.me.as_str()) {
             return Err(ConfigError::new(
@@ -367,6 +387,35 @@ impl Config {
                         file,
                         key,
                         format!("rule {rule:?} is listed more than once"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that no two daemons share an address and ring port, or an address and
+    /// client port: they would steal each other's datagrams or fail to bind. Apart from
+    /// [`Config::validate`] because the ring itself refuses such a file only when it
+    /// starts, and parsing alone must keep accepting it for that check's tests.
+    pub fn check_endpoints(&self, file: &str) -> Result<(), ConfigError> {
+        let mut ring: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut client: HashMap<SocketAddr, usize> = HashMap::new();
+        for (i, d) in self.daemons.iter().enumerate() {
+            for (endpoints, port, k) in [
+                (&mut ring, d.ring_port, "ring_port"),
+                (&mut client, d.client_port, "client_port"),
+            ] {
+                let at = SocketAddr::new(d.address, port);
+                if let Some(first) = endpoints.insert(at, i) {
+                    return Err(ConfigError::new(
+                        file,
+                        format!("daemons[{i}].{k}"),
+                        format!(
+                            "{at} is already the {k} of daemons[{first}] ({:?}): two daemons \
+                             cannot share an address and port",
+                            self.daemons[first].name
+                        ),
                     ));
                 }
             }
@@ -701,6 +750,10 @@ fn toml_error(text: &str, file: &str, err: &toml::de::Error) -> ConfigError {
     };
     let start = span.start.min(text.len());
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    // Where, for an editor: 1-based line and column (in characters).
+    let line_no = text[..line_start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    let reason = format!("{reason} (line {line_no}, column {column})");
     let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
     let line = &text[line_start..line_end];
     let mut key = match line.split_once('=') {
@@ -717,7 +770,22 @@ fn toml_error(text: &str, file: &str, err: &toml::de::Error) -> ConfigError {
         .rev()
         .map(str::trim)
         .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(['[', ']']).trim().to_owned());
+        .map(|l| {
+            let name = l.trim_matches(['[', ']']).trim().to_owned();
+            if !l.starts_with("[[") {
+                return name;
+            }
+            // An array of tables: which entry, counted as its headers so far.
+            let index = text[..line_start]
+                .lines()
+                .filter(|h| {
+                    let h = h.trim();
+                    h.starts_with("[[") && h.trim_matches(['[', ']']).trim() == name
+                })
+                .count()
+                .saturating_sub(1);
+            format!("{name}[{index}]")
+        });
     if let Some(h) = header
         && !line.trim_start().starts_with('[')
     {
@@ -789,9 +857,68 @@ client_port = 5001
         assert_eq!(e.key, "clients.max_clientz");
         assert!(e.reason.contains("unknown field"), "{e}");
         let e = err(&format!("{ONE}colour = 1\n"));
-        assert_eq!(e.key, "daemons.colour");
+        assert_eq!(e.key, "daemons[0].colour");
         let e = err(&format!("{ONE}\n[clients]\nmax_clients = \"many\"\n"));
         assert_eq!(e.key, "clients.max_clients");
+    }
+
+    #[test]
+    fn type_errors_keep_the_array_index_and_syntax_errors_say_where() {
+        let second = format!(
+            "{ONE}[[daemons]]\nname = \"b\"\naddress = \"10.0.0.2\"\nring_port = \"x\"\nclient_port = 2\n"
+        );
+        let e = err(&second);
+        assert_eq!(e.key, "daemons[1].ring_port", "{e}");
+        // ONE starts with an empty line: the bad value is on line 11.
+        assert!(e.reason.contains("line 11, column 13"), "{e}");
+        let e = err("me = \"a\"\n[[daemons]\nname = \"a\"\n");
+        assert!(
+            e.reason.contains("line 2, column"),
+            "syntax error located: {e}"
+        );
+    }
+
+    #[test]
+    fn the_command_line_name_stands_in_for_a_missing_me() {
+        let shared = ONE.replacen("me = \"a\"", "", 1);
+        let e = err(&shared);
+        assert_eq!(e.key, "me");
+        assert!(e.reason.contains("--name"), "{e}");
+        let named = Overrides {
+            name: Some("a".into()),
+            ..Overrides::default()
+        };
+        let c = Config::parse_with(&shared, "t", &named).unwrap();
+        assert_eq!(c.me, "a");
+    }
+
+    #[test]
+    fn two_daemons_cannot_share_an_address_and_port() {
+        let same_ring = format!(
+            "{ONE}[[daemons]]\nname = \"b\"\naddress = \"127.0.0.1\"\nring_port = 5000\nclient_port = 6001\n"
+        );
+        let check = |text: &str| {
+            Config::parse(text, "t")
+                .unwrap()
+                .check_endpoints("t")
+                .expect_err("shared endpoint")
+        };
+        let e = check(&same_ring);
+        assert_eq!(e.key, "daemons[1].ring_port", "{e}");
+        assert!(e.reason.contains("127.0.0.1:5000"), "{e}");
+        let same_client = same_ring.replace(
+            "ring_port = 5000\nclient_port = 6001",
+            "ring_port = 6000\nclient_port = 5001",
+        );
+        assert_eq!(check(&same_client).key, "daemons[1].client_port");
+        // Another address is fine.
+        let other = format!(
+            "{ONE}[[daemons]]\nname = \"b\"\naddress = \"127.0.0.2\"\nring_port = 5000\nclient_port = 5001\n"
+        );
+        Config::parse(&other, "t")
+            .unwrap()
+            .check_endpoints("t")
+            .unwrap();
     }
 
     #[test]

@@ -79,17 +79,25 @@ fn code<E: Into<Box<dyn std::error::Error>>>(code: u8) -> impl FnOnce(E) -> Fail
 
 /// Reads the configuration and profile the command line names, with its overrides.
 fn load(args: &Args) -> Result<(Config, Profile, String), Box<dyn std::error::Error>> {
-    let (mut config, file) = match &args.config {
-        Some(path) => (Config::load(path)?, path.display().to_string()),
-        None => (Config::embedded(), DEFAULT_CONFIG_NAME.to_owned()),
-    };
     let overrides = Overrides {
         name: args.name.clone(),
         profile: args.profile.clone(),
         socket: args.socket.clone(),
         port: args.port,
     };
-    config.apply_overrides(&overrides, &file)?;
+    // Overrides go in before validation: `--name` replaces a missing `me`.
+    let (config, file) = match &args.config {
+        Some(path) => (
+            Config::load_with(path, &overrides)?,
+            path.display().to_string(),
+        ),
+        None => {
+            let mut config = Config::embedded();
+            config.apply_overrides(&overrides, DEFAULT_CONFIG_NAME)?;
+            (config, DEFAULT_CONFIG_NAME.to_owned())
+        }
+    };
+    config.check_endpoints(&file)?;
     let profile = config.load_profile()?;
     Ok((config, profile, file))
 }
