@@ -139,8 +139,22 @@ fn listed(status: &str, me: &str) -> (Vec<String>, Vec<String>) {
     (names, groups)
 }
 
-fn abrupt_closes_leak_nothing(t: Transport) {
-    let d = Daemon::start_with(Some(CONFIG), &[]);
+/// A partial profile (docs/config.md): the default one with three workers, so that
+/// clients are also served by session workers.
+const THREE_WORKERS: &str = "base = \"default\"\nworkers = 3\n";
+
+fn abrupt_closes_leak_nothing(t: Transport, workers: usize) {
+    let d = if workers == 1 {
+        Daemon::start_with(Some(CONFIG), &[])
+    } else {
+        let profile =
+            std::env::temp_dir().join(format!("conclave-abrupt-{}-{t:?}.toml", std::process::id()));
+        std::fs::write(&profile, THREE_WORKERS).expect("profile");
+        let path = profile.display().to_string();
+        let d = Daemon::start_with(Some(CONFIG), &["--profile", &path]);
+        let _ = std::fs::remove_file(&profile);
+        d
+    };
     let mut tries = 0;
     // Names of one length, so every hello is as long as this one.
     let name_of = |kind: usize, offset: usize| format!("k{kind}o{offset:03}");
@@ -216,10 +230,16 @@ fn abrupt_closes_leak_nothing(t: Transport) {
 
 #[test]
 fn abrupt_closes_at_every_offset_leak_no_slot_over_unix() {
-    abrupt_closes_leak_nothing(Transport::Unix);
+    abrupt_closes_leak_nothing(Transport::Unix, 1);
 }
 
 #[test]
 fn abrupt_closes_at_every_offset_leak_no_slot_over_tcp() {
-    abrupt_closes_leak_nothing(Transport::Tcp);
+    abrupt_closes_leak_nothing(Transport::Tcp, 1);
+}
+
+#[test]
+fn abrupt_closes_leak_no_slot_with_three_workers() {
+    abrupt_closes_leak_nothing(Transport::Unix, 3);
+    abrupt_closes_leak_nothing(Transport::Tcp, 3);
 }

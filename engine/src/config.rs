@@ -593,6 +593,76 @@ fn default_idle_token_hold_us() -> u64 {
     1000
 }
 
+/// Declares a struct of optional fields mirroring some of a target's fields, and `apply`,
+/// which copies the ones that are set: a partial profile overrides its base key by key.
+macro_rules! patch {
+    ($(#[$m:meta])* struct $name:ident for $target:ty { $($(#[$fm:meta])* $field:ident: $ty:ty,)* } $($extra:tt)*) => {
+        $(#[$m])*
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $name {
+            $($(#[$fm])* #[serde(default)] $field: Option<$ty>,)*
+            $($extra)*
+        }
+
+        impl $name {
+            /// Sets the target's fields that this patch sets.
+            fn apply_fields(&self, target: &mut $target) {
+                $(if let Some(v) = &self.$field {
+                    target.$field = v.clone();
+                })*
+            }
+        }
+    };
+}
+
+patch! {
+    /// The `[ring]` table of a partial profile.
+    struct RingPatch for RingTuning {
+        token_timeout_ms: u64,
+        retransmit_timeout_ms: u64,
+        window_per_rotation: u32,
+        window_per_daemon: u32,
+        max_datagram_bytes: usize,
+        loss_percent: f64,
+        loss_seed: u64,
+        io_backend: crate::io::BackendChoice,
+        accelerated: bool,
+        idle_token_hold_us: u64,
+    }
+}
+
+patch! {
+    /// A partial profile: `base`, then any keys of [`Profile`] it changes.
+    struct ProfilePatch for Profile {
+        workers: usize,
+        pin_workers: bool,
+        read_chunk_bytes: usize,
+        reads_per_turn: usize,
+        poll_events: usize,
+        write_chunk_bytes: usize,
+        socket_send_buffer: usize,
+        socket_recv_buffer: usize,
+        client_queue_limit: usize,
+        client_pause_bytes: usize,
+        client_stall_ms: u64,
+        hello_timeout_ms: u64,
+    }
+    /// The embedded profile the others keys start from.
+    base: String,
+    #[serde(default)]
+    ring: Option<RingPatch>,
+}
+
+impl ProfilePatch {
+    fn apply(&self, profile: &mut Profile) {
+        self.apply_fields(profile);
+        if let Some(ring) = &self.ring {
+            ring.apply_fields(&mut profile.ring);
+        }
+    }
+}
+
 impl Profile {
     /// An embedded profile by name, or a profile file if `name` looks like a path.
     pub fn by_name(name: &str) -> Result<Self, ConfigError> {
@@ -620,8 +690,42 @@ impl Profile {
     }
 
     /// Parses and validates profile text; `file` names it in errors.
+    ///
+    /// A profile with `base = "NAME"` names an embedded profile and sets only the keys
+    /// it changes; without `base` it must set every key (a forgotten key is an error,
+    /// not a silent default).
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let profile: Profile = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+        let profile = if table.contains_key("base") {
+            let patch: ProfilePatch =
+                toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+            let base = patch.base.as_str();
+            let Some((_, base_text)) = PROFILES.iter().find(|(n, _)| *n == base) else {
+                return Err(ConfigError::new(
+                    file,
+                    "base",
+                    format!(
+                        "unknown base profile {base:?}; embedded profiles are {}",
+                        profile_names()
+                    ),
+                ));
+            };
+            let mut profile: Profile = toml::from_str(base_text)
+                .map_err(|e| toml_error(base_text, &format!("tuning/{base}.toml"), &e))?;
+            patch.apply(&mut profile);
+            profile
+        } else {
+            toml::from_str(text).map_err(|e| {
+                let mut e = toml_error(text, file, &e);
+                if e.reason.starts_with("missing field") {
+                    e.reason.push_str(
+                        "; a profile lists every key, or names an embedded one to start \
+                         from with `base = \"default\"` and lists only the keys it changes",
+                    );
+                }
+                e
+            })?
+        };
         profile.validate(file)?;
         Ok(profile)
     }
@@ -990,6 +1094,32 @@ client_port = 5001
         };
         assert_eq!(all_closed.openness("lobby"), Openness::Open);
         assert_eq!(all_closed.openness("x"), Openness::Closed);
+    }
+
+    #[test]
+    fn a_partial_profile_overrides_a_few_keys_of_its_base() {
+        let p = Profile::parse(
+            "base = \"throughput\"\nworkers = 2\n[ring]\nloss_percent = 1.5\n",
+            "p.toml",
+        )
+        .unwrap();
+        let base = Profile::by_name("throughput").unwrap();
+        assert_eq!(p.workers, 2);
+        assert_eq!(p.ring.loss_percent, 1.5);
+        assert_eq!(p.read_chunk_bytes, base.read_chunk_bytes);
+        assert_eq!(p.ring.token_timeout_ms, base.ring.token_timeout_ms);
+        // Still strict: unknown keys, bad types, ranges and unknown bases are refused.
+        let e = Profile::parse("base = \"default\"\nworkerz = 2\n", "p").unwrap_err();
+        assert_eq!(e.key, "workerz", "{e}");
+        let e = Profile::parse("base = \"default\"\n[ring]\nloss_seed = \"x\"\n", "p").unwrap_err();
+        assert_eq!(e.key, "ring.loss_seed", "{e}");
+        let e = Profile::parse("base = \"default\"\nworkers = 0\n", "p").unwrap_err();
+        assert_eq!(e.key, "workers", "{e}");
+        let e = Profile::parse("base = \"fast\"\n", "p").unwrap_err();
+        assert_eq!(e.key, "base", "{e}");
+        // Without a base every key is needed, and the error says how to do less.
+        let e = Profile::parse("workers = 2\n", "p").unwrap_err();
+        assert!(e.reason.contains("base = "), "{e}");
     }
 
     #[test]
