@@ -104,6 +104,12 @@ impl Connection {
         &self.address
     }
 
+    /// The id of the request queued last (join, leave, multicast, status): an
+    /// [`crate::Event::Error`] whose `request` equals it answers that request.
+    pub fn last_request(&self) -> u32 {
+        self.session.last_request()
+    }
+
     /// This client's private name.
     pub fn private_name(&self) -> &str {
         self.session.private_name()

@@ -161,6 +161,12 @@ impl Connection {
         self.session.max_payload()
     }
 
+    /// The id of the request queued last (join, leave, multicast, status): an
+    /// [`crate::Event::Error`] whose `request` equals it answers that request.
+    pub fn last_request(&self) -> u32 {
+        self.session.last_request()
+    }
+
     /// Why the stream is over (the daemon's goodbye, or that it closed without one), once
     /// a read has seen it end; `None` while it is open.
     pub fn closed_reason(&self) -> Option<&str> {
@@ -423,9 +429,9 @@ mod tests {
                 let f = decode_client(body).unwrap();
                 out.push(match f {
                     ClientFrame::Hello { name, .. } => format!("hello {name}"),
-                    ClientFrame::Join { group } => format!("join {group}"),
+                    ClientFrame::Join { group, .. } => format!("join {group}"),
                     ClientFrame::Multicast { payload, .. } => format!("mcast {}", payload.len()),
-                    ClientFrame::StatusRequest => "status".into(),
+                    ClientFrame::StatusRequest { .. } => "status".into(),
                     ClientFrame::Disconnect => "disconnect".into(),
                     other => format!("{other:?}"),
                 });
@@ -474,7 +480,7 @@ mod tests {
             for i in 0..50u16 {
                 encode::data_to(&mut w, "#x#fake", ["g"], Service::Fifo, i, b"abc");
             }
-            encode::error(&mut w, ErrorCode::NotJoined, "nope");
+            encode::error(&mut w, 0, ErrorCode::NotJoined, "nope");
             encode::status(&mut w, "{\"ok\":true}");
             for i in 50..60u16 {
                 encode::data_to(&mut w, "#x#fake", ["g"], Service::Fifo, i, b"abc");

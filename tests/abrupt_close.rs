@@ -99,15 +99,15 @@ fn frames(name: &str) -> Vec<(&'static str, Vec<u8>, bool)> {
     let mut hello = Vec::new();
     encode::hello(&mut hello, PROTOCOL_VERSION, name);
     let mut join = Vec::new();
-    encode::join(&mut join, "g2");
+    encode::join(&mut join, 0, "g2");
     let mut leave = Vec::new();
-    encode::leave(&mut leave, name);
+    encode::leave(&mut leave, 0, name);
     let mut multicast = Vec::new();
-    encode::multicast(&mut multicast, Service::Agreed, 7, [name], b"abc");
+    encode::multicast(&mut multicast, 0, Service::Agreed, 7, [name], b"abc");
     let mut disconnect = Vec::new();
     encode::disconnect(&mut disconnect);
     let mut status = Vec::new();
-    encode::status_request(&mut status);
+    encode::status_request(&mut status, 0);
     vec![
         ("hello", hello, false),
         ("join", join, true),
@@ -169,7 +169,7 @@ fn abrupt_closes_leak_nothing(t: Transport, workers: usize) {
                 // Membership to lose as well: the client is in a group of its own (a
                 // shared one would hide the leak: the daemon would write the next
                 // member's view to the leaked client and so learn that it is gone).
-                encode::join(&mut hello, &name);
+                encode::join(&mut hello, 0, &name);
                 let mut attempts = 0;
                 while s.write_all(&hello).is_err() || !welcomed(&mut *s, &name) {
                     attempts += 1;

@@ -63,7 +63,7 @@ fn frame(kind_and_body: &[u8]) -> Vec<u8> {
 
 fn error_frame(raw: &mut Raw) -> (ErrorCode, String) {
     raw.expect_frame("error frame", |f| match f {
-        DaemonFrame::Error { code, reason } => Some((*code, (*reason).to_owned())),
+        DaemonFrame::Error { code, reason, .. } => Some((*code, (*reason).to_owned())),
         _ => None,
     })
 }
@@ -89,7 +89,7 @@ fn truncated_frame_is_malformed_and_the_session_goes_on() {
     });
     // The same connection still works after its bad frames.
     let mut ok = Vec::new();
-    encode::join(&mut ok, "after-junk");
+    encode::join(&mut ok, 0, "after-junk");
     raw.send(&ok);
     raw.expect_frame("membership after junk", |f| match f {
         DaemonFrame::Membership { group, .. } if *group == "after-junk" => Some(()),
@@ -202,7 +202,7 @@ fn bad_group_names_are_rejected_with_the_rule() {
     ] {
         by.counts("/counters/errors_by_code/BadGroupName", || {
             let mut b = Vec::new();
-            encode::join(&mut b, name);
+            encode::join(&mut b, 0, name);
             raw.send(&b);
             let (code, reason) = error_frame(&mut raw);
             assert_eq!(code, ErrorCode::BadGroupName, "{reason}");
@@ -226,7 +226,7 @@ fn leave_of_a_group_not_joined_and_double_join() {
     by.counts("/counters/errors_by_code/NotJoined", || {
         c.leave("never-joined").unwrap();
         let (code, reason) = expect_event(&mut c, "NotJoined", |ev| match ev {
-            Event::Error { code, reason } => Some((*code, reason.clone())),
+            Event::Error { code, reason, .. } => Some((*code, reason.clone())),
             _ => None,
         });
         assert_eq!(code, ErrorCode::NotJoined);
@@ -281,9 +281,10 @@ fn a_frame_split_across_writes_is_reassembled() {
     let d = Daemon::start();
     let (mut raw, pn) = Raw::hello(&d, "slowpoke");
     let mut b = Vec::new();
-    encode::join(&mut b, "bytewise");
+    encode::join(&mut b, 0, "bytewise");
     encode::multicast(
         &mut b,
+        0,
         Service::Agreed,
         3,
         ["bytewise"],

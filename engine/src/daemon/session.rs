@@ -2,6 +2,7 @@
 //! output queue of encoded frames. Buffers live as long as the session and are reused, so
 //! steady traffic allocates nothing.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
@@ -173,6 +174,9 @@ pub(crate) struct Session {
     pub(crate) hup_seen: bool,
     /// The peer's address, read once at accept (it cannot be read after a reset).
     pub(crate) peer: Box<str>,
+    /// Ids of this client's requests submitted for ordering and not yet applied, oldest
+    /// first (kept on worker 0 only: the table answers there).
+    pub(crate) pending: VecDeque<u32>,
 }
 
 /// First size of a session's read buffer; it grows (to the profile's read chunk, or to
@@ -203,6 +207,7 @@ impl Session {
             fin_sent: false,
             peer_closed: false,
             hup_seen: false,
+            pending: VecDeque::new(),
         }
     }
 

@@ -99,6 +99,7 @@ mod up {
     pub const UNBIND: u8 = 2;
     pub const EVENT: u8 = 3;
     pub const STATUS: u8 = 4;
+    pub const REQUEST: u8 = 5;
 }
 
 /// Record tags of worker 0's batch to a session worker.
@@ -122,6 +123,9 @@ pub(crate) enum Up<'a> {
     Event(Event<'a>),
     /// The client in `slot` asked for the status report.
     Status { slot: LocalId },
+    /// The next [`Up::Event`] is the request of the client in `slot` that it numbered
+    /// `request` (echoed in an Error that answers it).
+    Request { slot: LocalId, request: u32 },
 }
 
 /// One record of worker 0's batch to a session worker.
@@ -188,6 +192,11 @@ pub(crate) fn put_up(out: &mut Vec<u8>, record: &Up<'_>) {
             out.push(up::STATUS);
             put_u32(out, *slot);
         }
+        Up::Request { slot, request } => {
+            out.push(up::REQUEST);
+            put_u32(out, *slot);
+            put_u32(out, *request);
+        }
     }
 }
 
@@ -221,6 +230,11 @@ pub(crate) fn next_up<'a>(buf: &mut &'a [u8]) -> Option<Result<Up<'a>, ()>> {
             Err(_) => None,
         },
         up::STATUS => take_u32(&mut rest).map(|slot| Up::Status { slot }),
+        up::REQUEST => (|| {
+            let slot = take_u32(&mut rest)?;
+            let request = take_u32(&mut rest)?;
+            Some(Up::Request { slot, request })
+        })(),
         _ => None,
     };
     *buf = rest;
@@ -384,6 +398,8 @@ pub(crate) struct Peer {
     pub published: Arc<Mutex<Published>>,
     /// Clients of the peer bound in the table: by slot, name and transport (for status).
     pub clients: std::collections::HashMap<LocalId, (Box<str>, &'static str)>,
+    /// Per slot, the ids of requests submitted and not yet applied, oldest first.
+    pub pending: std::collections::HashMap<LocalId, std::collections::VecDeque<u32>>,
 }
 
 /// A session worker's end of worker 0.
@@ -405,6 +421,32 @@ pub(crate) struct Route<'a, O: Outbox> {
 }
 
 impl<O: Outbox> Outbox for Route<'_, O> {
+    fn request(&mut self, id: LocalId) -> u32 {
+        let (worker, slot) = split(id);
+        if worker == 0 {
+            return self.own.request(slot);
+        }
+        self.peers
+            .get(worker - 1)
+            .and_then(|p| p.pending.get(&slot))
+            .and_then(|q| q.front().copied())
+            .unwrap_or(0)
+    }
+
+    fn done(&mut self, id: LocalId) {
+        let (worker, slot) = split(id);
+        if worker == 0 {
+            return self.own.done(slot);
+        }
+        if let Some(q) = self
+            .peers
+            .get_mut(worker - 1)
+            .and_then(|p| p.pending.get_mut(&slot))
+        {
+            q.pop_front();
+        }
+    }
+
     fn out(&mut self, id: LocalId) -> Option<&mut Vec<u8>> {
         let (worker, slot) = split(id);
         if worker == 0 {
@@ -439,6 +481,7 @@ mod tests {
         let mut frame = Vec::new();
         conclave_control::wire::client::encode::multicast(
             &mut frame,
+            0,
             Service::Safe,
             3,
             ["g"],
@@ -471,6 +514,10 @@ mod tests {
                 payload: b"hi",
             }),
             Up::Status { slot: 4 },
+            Up::Request {
+                slot: 4,
+                request: 77,
+            },
             Up::Unbind {
                 slot: 4,
                 name: "#a#d",

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use conclave_control::wire::client::{
     ClientFrame, ErrorCode, HELLO_FRAME_MAX, PROTOCOL_VERSION, RefuseCode, WireError,
-    decode_client, encode, split_frame,
+    decode_client, encode, request_id_of, split_frame,
 };
 use conclave_control::wire::names;
 use mio::net::{TcpListener, UnixListener};
@@ -91,6 +91,18 @@ impl Sessions {
 }
 
 impl Outbox for Sessions {
+    fn request(&mut self, id: LocalId) -> u32 {
+        self.get(id)
+            .and_then(|s| s.pending.front().copied())
+            .unwrap_or(0)
+    }
+
+    fn done(&mut self, id: LocalId) {
+        if let Some(s) = self.get(id) {
+            s.pending.pop_front();
+        }
+    }
+
     fn out(&mut self, id: LocalId) -> Option<&mut Vec<u8>> {
         let s = self.slots.get_mut(id as usize)?.as_mut()?;
         if s.closing.is_some() {
@@ -119,6 +131,27 @@ pub(crate) enum Role {
     },
     /// A session worker: everything for the table goes to worker 0.
     Session(OrderLink),
+}
+
+/// Submits a client's request as an event, noting its request id where the table's
+/// output is written (worker 0), so an Error that answers it can name it.
+fn submit_request(
+    role: &mut Role,
+    sessions: &mut Sessions,
+    id: LocalId,
+    request: u32,
+    event: &Event<'_>,
+) {
+    match role {
+        Role::Order { .. } => {
+            // Before submitting: a single daemon applies the event at once.
+            if let Some(s) = sessions.get(id) {
+                s.pending.push_back(request);
+            }
+        }
+        Role::Session(link) => link.out.up(&Up::Request { slot: id, request }),
+    }
+    submit(role, sessions, event);
 }
 
 /// Submits an event: ordered on the spot (or by the ring) on worker 0, batched for worker
@@ -460,6 +493,7 @@ impl Worker {
                                 Ok(Up::Unbind { slot, name }) => {
                                     table.unbind_local(name, shard::global(worker, slot));
                                     peers[i].clients.remove(&slot);
+                                    peers[i].pending.remove(&slot);
                                     peers[i].out.freed(slot);
                                 }
                                 Ok(Up::Event(event)) => {
@@ -468,6 +502,9 @@ impl Worker {
                                         peers,
                                     };
                                     sequencer.submit(&event, table, &mut out);
+                                }
+                                Ok(Up::Request { slot, request }) => {
+                                    peers[i].pending.entry(slot).or_default().push_back(request);
                                 }
                                 Ok(Up::Status { slot }) => {
                                     self.status_for.push(shard::global(worker, slot));
@@ -824,7 +861,7 @@ impl Worker {
                 Err(e) => {
                     // A zero-length frame: skip its prefix and go on.
                     start += conclave_control::wire::client::LEN_PREFIX;
-                    self.malformed(id, &e);
+                    self.malformed(id, &e, 0);
                 }
             }
         }
@@ -835,7 +872,7 @@ impl Worker {
         }
     }
 
-    fn malformed(&mut self, id: LocalId, e: &WireError) {
+    fn malformed(&mut self, id: LocalId, e: &WireError, request: u32) {
         self.counters.malformed_frames += 1;
         let welcomed = self.sessions.get(id).is_some_and(|s| s.welcomed);
         if !welcomed {
@@ -846,13 +883,29 @@ impl Worker {
             WireError::Name(_) => ErrorCode::BadGroupName,
             _ => ErrorCode::MalformedFrame,
         };
-        self.send_error(id, code, &format!("frame ignored: {e}"));
+        self.reject(id, request, code, &format!("frame ignored: {e}"));
     }
 
+    /// Answers a request with an Error after the effects of the client's earlier
+    /// requests: the refusal is ordered like any request (it changes nothing).
+    fn reject(&mut self, id: LocalId, request: u32, code: ErrorCode, reason: &str) {
+        let Some(me) = self.names.get(id as usize).and_then(Option::as_deref) else {
+            return;
+        };
+        let event = Event::Reject {
+            client: me,
+            code: code as u16,
+            reason,
+        };
+        submit_request(&mut self.role, &mut self.sessions, id, request, &event);
+    }
+
+    /// An Error written at once, for a session that is closing (an oversize length
+    /// prefix): it answers no request and nothing may follow it.
     fn send_error(&mut self, id: LocalId, code: ErrorCode, reason: &str) {
         self.counters.errors[code as usize] += 1;
         if let Some(buf) = self.sessions.out(id) {
-            encode::error(buf, code, reason);
+            encode::error(buf, 0, code, reason);
             self.counters.own_frames_out += 1;
         }
     }
@@ -879,7 +932,7 @@ impl Worker {
         }
         let frame = match decode_client(body) {
             Ok(f) => f,
-            Err(e) => return self.malformed(id, &e),
+            Err(e) => return self.malformed(id, &e, request_id_of(body)),
         };
         let welcomed = self.sessions.get(id).is_some_and(|s| s.welcomed);
         if !welcomed {
@@ -892,31 +945,32 @@ impl Worker {
             return;
         };
         match frame {
-            ClientFrame::Hello { .. } => {
-                self.send_error(id, ErrorCode::UnexpectedFrame, "hello was already accepted")
-            }
-            ClientFrame::Join { group } | ClientFrame::Leave { group }
+            ClientFrame::Hello { .. } => self.reject(
+                id,
+                0,
+                ErrorCode::UnexpectedFrame,
+                "hello was already accepted",
+            ),
+            ClientFrame::Join { request, group } | ClientFrame::Leave { request, group }
                 if names::check_group(group).is_err() =>
             {
                 let e = names::check_group(group)
                     .err()
                     .map(|e| e.to_string())
                     .unwrap_or_default();
-                self.send_error(
-                    id,
-                    ErrorCode::BadGroupName,
-                    &format!("bad group name {group:?}: {e}"),
-                );
+                let reason = format!("bad group name {group:?}: {e}");
+                self.reject(id, request, ErrorCode::BadGroupName, &reason);
             }
-            ClientFrame::Join { group } => {
+            ClientFrame::Join { request, group } => {
                 let event = Event::Join { client: me, group };
-                submit(&mut self.role, &mut self.sessions, &event);
+                submit_request(&mut self.role, &mut self.sessions, id, request, &event);
             }
-            ClientFrame::Leave { group } => {
+            ClientFrame::Leave { request, group } => {
                 let event = Event::Leave { client: me, group };
-                submit(&mut self.role, &mut self.sessions, &event);
+                submit_request(&mut self.role, &mut self.sessions, id, request, &event);
             }
             ClientFrame::Multicast {
+                request,
                 service,
                 msg_type,
                 groups,
@@ -928,7 +982,7 @@ impl Worker {
                         payload.len(),
                         self.limits.max_payload
                     );
-                    return self.send_error(id, ErrorCode::TooLarge, &reason);
+                    return self.reject(id, request, ErrorCode::TooLarge, &reason);
                 }
                 let event = Event::Data {
                     sender: me,
@@ -937,17 +991,20 @@ impl Worker {
                     groups,
                     payload,
                 };
-                submit(&mut self.role, &mut self.sessions, &event);
+                submit_request(&mut self.role, &mut self.sessions, id, request, &event);
             }
             ClientFrame::Disconnect => self.close(id, CloseReason::Client),
-            ClientFrame::StatusRequest => self.status(id),
+            // Answered at once: a snapshot of this daemon, not a change to order.
+            ClientFrame::StatusRequest { .. } => self.status(id),
         }
     }
 
     fn hello(&mut self, id: LocalId, version: u16, name: &str) {
         if version != PROTOCOL_VERSION {
             let reason = format!(
-                "protocol version {version} is not supported; this daemon speaks {PROTOCOL_VERSION}"
+                "protocol version {version} is not supported; this daemon speaks \
+                 {PROTOCOL_VERSION} (version 2 numbers requests so that errors name them): \
+                 upgrade the client"
             );
             return self.refuse(id, RefuseCode::UnsupportedVersion, &reason);
         }

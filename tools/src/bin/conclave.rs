@@ -34,8 +34,9 @@ enum Command {
     },
     /// Send or receive a flood of messages and print the rates (and latency).
     Flood(FloodArgs),
-    /// Start a daemon on the embedded default config and walk three clients through a
-    /// group's life: joins, messages, a private message, a disconnect, a leave, shutdown.
+    /// Start a daemon on the embedded default config (or, with --daemon, use that one)
+    /// and walk three clients through a group's life: joins, messages, a private
+    /// message, a disconnect, a leave, shutdown.
     Demo,
     /// Pretty-print the daemon's status: clients, groups, counters.
     Status {
@@ -116,7 +117,7 @@ fn main() -> ExitCode {
         }
     };
     if matches!(cli.command, Command::Demo) {
-        return demo();
+        return demo(cli.daemon.is_some().then_some(&addr));
     }
     let result = match cli.command {
         Command::Demo => unreachable!("handled above"),
@@ -174,11 +175,15 @@ fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
 /// The SDK's reason for a stream that ended without a goodbye.
 const CLOSED_WITHOUT_GOODBYE: &str = "connection closed by the daemon";
 
-/// `conclave demo`: it starts its own daemon, so it takes no `--daemon`.
-fn demo() -> ExitCode {
-    let outcome = conclave_tools::sibling_binary("conclaved")
-        .map_err(|e| e.to_string())
-        .and_then(|bin| conclave_tools::demo::run(&bin).map_err(|e| e.to_string()));
+/// `conclave demo`: it starts its own daemon unless `--daemon` names one to use.
+fn demo(existing: Option<&conclave::Address>) -> ExitCode {
+    let outcome = match existing {
+        Some(_) => conclave_tools::demo::run(std::path::Path::new("conclaved"), existing)
+            .map_err(|e| e.to_string()),
+        None => conclave_tools::sibling_binary("conclaved")
+            .map_err(|e| e.to_string())
+            .and_then(|bin| conclave_tools::demo::run(&bin, None).map_err(|e| e.to_string())),
+    };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -210,7 +215,8 @@ commands:
   j <group>                      join
   l <group>                      leave
   s <group>[,<group>...] <text>  send (agreed)
-  s <service> <group>[,...] <text>  send with a service (unreliable..safe)
+  s <service> <group>[,...] <text>  send with a service (unreliable..safe); a first
+                                 word that looks like a misspelt service is refused
   p <#user#daemon> <text>        send to one client
   r                              receive what is waiting (1 s)
   m [group]                      show memberships
@@ -370,7 +376,21 @@ fn user_command(
                     let (t, text) = after.split_once(' ').unwrap_or((after, ""));
                     (service, t, text)
                 }
-                _ => (Service::Agreed, first, after),
+                _ => {
+                    if !after.is_empty()
+                        && let Some(meant) = near_service(first)
+                    {
+                        // `s saf chat x` means SAFE to chat far more often than AGREED
+                        // to a group named saf: ask rather than guess.
+                        println!(
+                            "{first:?} is not a service; did you mean {meant}? Nothing sent. \
+                             (To send to a group named {first:?}, name the service first: \
+                             s agreed {first} ...)"
+                        );
+                        return Ok(true);
+                    }
+                    (Service::Agreed, first, after)
+                }
             };
             let targets: Vec<&str> = targets.split(',').filter(|t| !t.is_empty()).collect();
             conn.multicast(service, &targets, 0, text.as_bytes())?;
@@ -419,6 +439,30 @@ fn user_command(
     Ok(true)
 }
 
+/// The service `word` looks like a misspelling of: a prefix of its name (2 letters at
+/// least), or one letter added, dropped or changed in a name of 4 letters or more.
+fn near_service(word: &str) -> Option<&'static str> {
+    let word = word.to_ascii_lowercase();
+    Service::ALL.iter().map(|s| s.name()).find(|name| {
+        (word.len() >= 2 && name.starts_with(&word)) || (name.len() >= 4 && one_edit(&word, name))
+    })
+}
+
+/// True when `a` and `b` differ by exactly one inserted, deleted or replaced byte.
+fn one_edit(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    if long.len() - short.len() > 1 || a == b {
+        return false;
+    }
+    let prefix = short.iter().zip(long).take_while(|(x, y)| x == y).count();
+    if short.len() == long.len() {
+        short[prefix + 1..] == long[prefix + 1..]
+    } else {
+        short[prefix..] == long[prefix + 1..]
+    }
+}
+
 /// Whether another event can be had without waiting long.
 fn conn_has_more(conn: &Connection) -> bool {
     let mut fds = [PollFd::from_borrowed_fd(conn.as_fd(), PollFlags::IN)];
@@ -462,7 +506,11 @@ fn show_event(state: &mut UserState, ev: Event) {
                 state.views.insert(group, (view_id, members));
             }
         }
-        Event::Error { code, reason } => println!("\n[error {code:?}] {reason}"),
+        Event::Error {
+            request,
+            code,
+            reason,
+        } => println!("\n[error {code:?}] {reason} (request {request})"),
         Event::Status { json } => println!("\n[status] {json}"),
         Event::Goodbye { reason } => {
             println!("\n[goodbye] {reason}");
@@ -528,6 +576,15 @@ fn flood_send(
         if sent.is_multiple_of(1024) {
             if self_receive {
                 drain_own(&mut conn, &mut hist, &mut own, Duration::ZERO)?;
+            } else if conn_has_more(&conn) {
+                // Only errors come to a sender that is not a member: one poll per batch
+                // keeps the check off the hot path.
+                drain_own(&mut conn, &mut hist, &mut own, Duration::ZERO)?;
+            }
+            if let Some(e) = &own.error {
+                return Err(Exit::failed(format!(
+                    "the daemon refused a message after {sent} sent: {e}"
+                )));
             }
             if Instant::now() > deadline {
                 break;
@@ -543,6 +600,15 @@ fn flood_send(
         while !own.ended && Instant::now() < deadline {
             drain_own(&mut conn, &mut hist, &mut own, Duration::from_millis(100))?;
         }
+    }
+    // A round trip after the last message: a daemon answers it after reading everything
+    // before it, so an error about those (NoRecipients: the group is empty) is in by then.
+    conn.status()?;
+    drain_own(&mut conn, &mut hist, &mut own, Duration::ZERO)?;
+    if let Some(e) = &own.error {
+        return Err(Exit::failed(format!(
+            "nothing to report: the daemon refused the flood: {e}"
+        )));
     }
     conn.disconnect()?;
     let mut report = Report {
@@ -568,19 +634,21 @@ fn flood_send(
 struct OwnReceipt {
     received: u64,
     ended: bool,
+    /// The first Error the daemon sent (e.g. NoRecipients: nobody is in the group).
+    error: Option<String>,
 }
 
+/// Takes what arrived for a flood sender; returns how many frames.
 fn drain_own(
     conn: &mut Connection,
     hist: &mut Histogram<u64>,
     own: &mut OwnReceipt,
     wait: Duration,
-) -> conclave::Result<()> {
-    conn.receive_frames(wait, |frame| {
-        if let DaemonFrame::Data {
+) -> conclave::Result<usize> {
+    conn.receive_frames(wait, |frame| match frame {
+        DaemonFrame::Data {
             msg_type, payload, ..
-        } = frame
-        {
+        } => {
             if *msg_type == MSG_END {
                 own.ended = true;
             } else if *msg_type == MSG_DATA {
@@ -590,8 +658,11 @@ fn drain_own(
                 }
             }
         }
-    })?;
-    Ok(())
+        DaemonFrame::Error { code, reason, .. } if own.error.is_none() => {
+            own.error = Some(format!("{code:?}: {reason}"));
+        }
+        _ => {}
+    })
 }
 
 fn flood_recv(addr: &conclave::Address, c: &FloodCommon, idle: f64) -> AnyResult<()> {
@@ -614,7 +685,7 @@ fn flood_recv(addr: &conclave::Address, c: &FloodCommon, idle: f64) -> AnyResult
             {
                 break;
             }
-            Some(Event::Error { code, reason }) => {
+            Some(Event::Error { code, reason, .. }) => {
                 return Err(format!("join refused ({code:?}): {reason}").into());
             }
             _ => {}
@@ -724,5 +795,20 @@ fn print_report(report: &Report, json: bool) {
         }
     } else {
         println!("{}", report.human());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misspelt_services_are_caught_and_group_names_are_not() {
+        assert_eq!(near_service("saf"), Some("safe"));
+        assert_eq!(near_service("relable"), Some("reliable"));
+        assert_eq!(near_service("agred"), Some("agreed"));
+        assert_eq!(near_service("chat"), None);
+        assert_eq!(near_service("safety"), None);
+        assert_eq!(near_service("x"), None);
     }
 }
