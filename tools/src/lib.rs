@@ -6,6 +6,7 @@ pub mod demo;
 pub mod flood;
 pub mod keys_bench;
 pub mod ring_bench;
+pub mod status_view;
 
 use std::path::{Path, PathBuf};
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use conclave::{Connection, DaemonFrame, Event, Service, ViewId};
-use conclave_tools::exit;
 use conclave_tools::flood::{self, Latency, MSG_DATA, MSG_END, Report};
+use conclave_tools::{exit, status_view};
 use hdrhistogram::Histogram;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
@@ -38,9 +38,13 @@ enum Command {
     /// and walk three clients through a group's life: joins, messages, a private
     /// message, a disconnect, a leave, shutdown.
     Demo,
-    /// Pretty-print the daemon's status: clients, groups, counters.
+    /// The daemon's status as a summary: daemons, clients, groups with members, counters
+    /// that are not zero (this tool's own connection left out).
     Status {
-        /// Print the JSON exactly as the daemon sent it.
+        /// The whole status document as pretty JSON (without this tool's connection).
+        #[arg(long, conflicts_with = "raw")]
+        json: bool,
+        /// The JSON exactly as the daemon sent it (this tool's connection included).
         #[arg(long)]
         raw: bool,
     },
@@ -122,7 +126,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo => unreachable!("handled above"),
         Command::User { name } => user(&addr, name.as_deref().unwrap_or("")),
-        Command::Status { raw } => status(&addr, raw),
+        Command::Status { json, raw } => status(&addr, json, raw),
         Command::Flood(FloodArgs { mode }) => match mode {
             FloodMode::Send {
                 common,
@@ -195,15 +199,20 @@ fn demo(existing: Option<&conclave::Address>) -> ExitCode {
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn status(addr: &conclave::Address, raw: bool) -> AnyResult<()> {
+fn status(addr: &conclave::Address, json: bool, raw: bool) -> AnyResult<()> {
     let mut conn = Connection::connect(addr)?;
-    let json = conn.status()?;
+    let text = conn.status()?;
+    let me = conn.private_name().to_owned();
     conn.disconnect()?;
     if raw {
-        println!("{json}");
+        println!("{text}");
+        return Ok(());
+    }
+    let doc = status_view::without_client(serde_json::from_str(&text)?, &me);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        let value: serde_json::Value = serde_json::from_str(&json)?;
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        print!("{}", status_view::summary(&doc));
     }
     Ok(())
 }
@@ -425,10 +434,7 @@ fn user_command(
         "t" => {
             let json = conn.status()?;
             match serde_json::from_str::<serde_json::Value>(&json) {
-                Ok(v) => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&v).unwrap_or(json.clone())
-                ),
+                Ok(v) => print!("{}", status_view::summary(&v)),
                 Err(_) => println!("{json}"),
             }
         }
