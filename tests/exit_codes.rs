@@ -151,3 +151,24 @@ fn conclaved_exits_one_for_a_bad_config_and_three_when_it_cannot_start() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn every_binary_states_the_same_table_as_the_docs() {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/exit-codes.md"))
+        .unwrap();
+    for (code, name) in [(0, "OK"), (1, "FAILED"), (2, "USAGE"), (3, "LOST")] {
+        assert!(
+            docs.contains(&format!("| {code} | {name} |")),
+            "docs/exit-codes.md has row {code} {name}"
+        );
+    }
+    for bin in [conclaved(), conclave_cli(), common::conclave_bench()] {
+        let out = Command::new(&bin).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("Exit codes: 0 ok, 1 failed, 2 usage, 3 lost"),
+            "{}: {help}",
+            bin.display()
+        );
+    }
+}

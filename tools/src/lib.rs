@@ -26,6 +26,10 @@ pub mod exit {
     /// crashed or was killed) or could not reach it; `conclaved` could not start (socket
     /// busy, address in use) or failed while running.
     pub const LOST: u8 = 3;
+
+    /// The table in one line, for each binary's `--help`.
+    pub const HELP: &str = "Exit codes: 0 ok, 1 failed, 2 usage, 3 lost (daemon unreachable, gone without a \
+         goodbye, or unable to start); see docs/exit-codes.md";
 }
 
 use conclave::{Address, DEFAULT_TCP, DEFAULT_UNIX_SOCKET};

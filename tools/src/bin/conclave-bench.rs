@@ -19,7 +19,12 @@ use conclave_tools::bench_common::{PlotPoint, Reaped, fmt_range, throughput_svg}
 use conclave_tools::flood::{Report, process_cpu_seconds};
 
 #[derive(Parser)]
-#[command(name = "conclave-bench", version, about = "Conclave benchmark harness")]
+#[command(
+    name = "conclave-bench",
+    version,
+    about = "Conclave benchmark harness",
+    after_help = conclave_tools::exit::HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -14,7 +14,12 @@ use hdrhistogram::Histogram;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 #[derive(Parser)]
-#[command(name = "conclave", version, about = "Conclave client tools")]
+#[command(
+    name = "conclave",
+    version,
+    about = "Conclave client tools",
+    after_help = exit::HELP
+)]
 struct Cli {
     /// Daemon address: unix:/path, /path or host:port (default: the Unix socket
     /// /tmp/conclave-4803.sock if it exists, else 127.0.0.1:4803).

@@ -23,7 +23,8 @@ use signal_hook::iterator::Signals;
 #[command(
     name = "conclaved",
     version,
-    about = "The Conclave daemon: serves client groups over a Unix socket and TCP"
+    about = "The Conclave daemon: serves client groups over a Unix socket and TCP",
+    after_help = exit::HELP
 )]
 struct Args {
     /// Configuration file (TOML); the embedded default when absent.
