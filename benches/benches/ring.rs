@@ -48,7 +48,7 @@ fn run_ring(
                 let from = DaemonIdx(i as u16);
                 for (j, r) in rings.iter_mut().enumerate() {
                     let to_j = match t.dest {
-                        Dest::All => j != i,
+                        Dest::All | Dest::Everyone => j != i,
                         Dest::One(d) => usize::from(d.0) == j,
                     };
                     if to_j {

@@ -210,6 +210,11 @@ pub struct Config {
     /// Group policy.
     #[serde(default)]
     pub groups: GroupsConfig,
+    /// Where daemons keep what must survive a restart (the run counter and the highest
+    /// ring sequence number used), each in a folder named after it. Default:
+    /// `conclave-<name>-<ring port>` under the system's temporary directory.
+    #[serde(default)]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 fn default_profile() -> String {
@@ -587,6 +592,14 @@ pub struct RingTuning {
     /// microseconds (a submit releases it at once); bounds idle token traffic.
     #[serde(default = "default_idle_token_hold_us")]
     pub idle_token_hold_us: u64,
+    /// During a membership run, daemons that have not agreed within this time are left
+    /// out, in milliseconds; 0 takes a quarter of `token_timeout_ms`.
+    #[serde(default)]
+    pub consensus_timeout_ms: u64,
+    /// How often a ring's representative looks for daemons outside the ring to merge with,
+    /// in milliseconds; 0 takes `token_timeout_ms`.
+    #[serde(default)]
+    pub merge_interval_ms: u64,
 }
 
 fn default_idle_token_hold_us() -> u64 {

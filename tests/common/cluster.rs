@@ -68,6 +68,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     /// The profile file.
     pub profile: PathBuf,
+    /// The configuration every daemon runs with.
+    pub config: String,
 }
 
 impl Cluster {
@@ -93,7 +95,10 @@ impl Cluster {
             .map(|s| s.local_addr().expect("local addr").port())
             .collect();
         drop(held);
-        let config = config_text(names, &ring_ports, &profile_path.display().to_string());
+        let mut config = config_text(names, &ring_ports, &profile_path.display().to_string());
+        // Each daemon keeps its run counter under <state_dir>/<name>, inside this test.
+        let state = dir.path().join("state");
+        config = config.replacen("\n", &format!("\nstate_dir = \"{}\"\n", state.display()), 1);
         let daemons = names[..running]
             .iter()
             .map(|name| Daemon::start_with(Some(&config), &["--name", name]))
@@ -104,6 +109,12 @@ impl Cluster {
             ring_ports,
             dir,
             profile: profile_path,
+            config,
         }
+    }
+
+    /// Starts daemon `i` again (a new run: empty memory, the same state directory).
+    pub fn restart(&mut self, i: usize) {
+        self.daemons[i] = Daemon::start_with(Some(&self.config), &["--name", &self.names[i]]);
     }
 }

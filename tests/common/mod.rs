@@ -194,6 +194,14 @@ impl Daemon {
             .expect("VmRSS line")
     }
 
+    /// Kills the daemon with SIGKILL (no goodbyes, nothing flushed) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");

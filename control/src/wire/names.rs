@@ -95,6 +95,13 @@ pub fn split_private_name(name: &str) -> Option<(&str, &str)> {
     (check_user(user).is_ok() && check_daemon(daemon).is_ok()).then_some((user, daemon))
 }
 
+/// The daemon part of a well-formed private name (`#user#daemon` gives `daemon`): the
+/// daemon a client is connected to, which is what decides whether the client survives a
+/// daemon configuration change. `None` for a group name or a malformed private name.
+pub fn daemon_of(private_name: &str) -> Option<&str> {
+    split_private_name(private_name).map(|(_, daemon)| daemon)
+}
+
 /// Writes the private name of `user` at `daemon`.
 pub fn private_name(user: &str, daemon: &str) -> String {
     format!("{PRIVATE_NAME_MARK}{user}{PRIVATE_NAME_MARK}{daemon}")
@@ -136,5 +143,18 @@ mod tests {
         assert_eq!(split_private_name(&n), Some(("alice", "d1")));
         assert_eq!(split_private_name("#alice"), None);
         assert_eq!(split_private_name("alice#d1"), None);
+    }
+
+    #[test]
+    fn daemon_of_takes_the_daemon_part_of_well_formed_names_only() {
+        assert_eq!(daemon_of("#alice#d1"), Some("d1"));
+        assert_eq!(daemon_of(&private_name("c1", "east-2")), Some("east-2"));
+        // Group names and malformed private names name no daemon.
+        for bad in [
+            "chat", "", "#", "#alice", "#alice#", "##d1", "#a#b#c", "#a#d 1",
+        ] {
+            assert_eq!(daemon_of(bad), None, "{bad:?}");
+        }
+        assert_eq!(daemon_of(&format!("#a#{}", "d".repeat(21))), None);
     }
 }

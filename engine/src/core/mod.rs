@@ -6,6 +6,8 @@
 //! encoded events to every daemon and hands them out once the token has ordered them.
 
 pub mod event;
+pub mod group_sync;
+pub mod membership;
 pub mod ring;
 pub mod sequencer;
 pub mod table;

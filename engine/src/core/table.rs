@@ -4,10 +4,12 @@
 //! Pure and deterministic: no I/O, clocks or randomness. Frames for local clients are
 //! encoded straight into their output buffers through an [`Outbox`]. Members are listed
 //! sorted by private name (byte order), so every daemon lists a view identically. A view
-//! id's `seq` is the table's count of membership changes, so view ids increase strictly
-//! within a group even when the group empties and is created again.
+//! id is `(epoch, seq)`: `epoch` is the daemon configuration and `seq` the table's count of
+//! membership changes within it, so view ids increase strictly within a group even when the
+//! group empties and is created again. Daemon configuration changes (transitional views,
+//! installs, merges) live in the `evs` submodule.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use conclave_control::wire::client::{
     ErrorCode, GroupList, MembershipReason, Service, ViewId, ViewKind, encode,
@@ -16,6 +18,8 @@ use conclave_control::wire::names;
 
 use super::event::Event;
 use crate::config::{GroupsConfig, Openness};
+
+mod evs;
 
 /// A client of this daemon, as the runtime numbers them.
 pub type LocalId = u32;
@@ -47,7 +51,8 @@ pub struct TableConfig {
     pub groups: GroupsConfig,
     /// Most groups one client may be in.
     pub max_groups_per_client: usize,
-    /// Epoch of view ids (the daemon configuration; fixed in single-daemon mode).
+    /// Epoch of view ids until the first configuration change installs another (fixed in
+    /// single-daemon mode).
     pub epoch: u64,
 }
 
@@ -69,6 +74,11 @@ pub struct TableStats {
     /// Data events that reached nobody (every target group empty), each one counted;
     /// the sender hears of the first of a run ([`ErrorCode::NoRecipients`]).
     pub undeliverable: u64,
+    /// `State` events given to `apply` (outside a merge), ignored.
+    pub stray_states: u64,
+    /// `Connect` events of clients of a daemon that left, applied between a transitional
+    /// configuration and the next install or merge, ignored (the daemon is gone).
+    pub departed_connects: u64,
 }
 
 type ClientIdx = u32;
@@ -109,7 +119,16 @@ pub struct GroupTable {
     free_groups: Vec<GroupIdx>,
     /// Local clients known to the runtime, bound when their `Connect` is applied.
     local_ids: HashMap<Box<str>, LocalId>,
+    /// The daemon configuration new view ids belong to.
+    epoch: u64,
+    /// Membership changes applied in this epoch: the `seq` of the latest view id.
     changes: u64,
+    /// Groups that got a transitional view since the last install or merge (sorted, so
+    /// every daemon gives them their regular views, and view ids, in the same order).
+    pending_regular: BTreeSet<Box<str>>,
+    /// Daemons whose clients a transitional configuration removed, until the next install
+    /// or merge: their clients' late `Connect` events must not bring them back.
+    departed: HashSet<Box<str>>,
     /// Reused by multi-group deliveries and notifications.
     scratch_ids: Vec<LocalId>,
     scratch_frame: Vec<u8>,
@@ -137,6 +156,7 @@ impl GroupTable {
         let any_closed =
             config.groups.default == Openness::Closed || !config.groups.closed.is_empty();
         Self {
+            epoch: config.epoch,
             config,
             by_name: HashMap::new(),
             clients: Vec::new(),
@@ -146,6 +166,8 @@ impl GroupTable {
             free_groups: Vec::new(),
             local_ids: HashMap::new(),
             changes: 0,
+            pending_regular: BTreeSet::new(),
+            departed: HashSet::new(),
             scratch_ids: Vec::new(),
             scratch_frame: Vec::new(),
             stats: TableStats::default(),
@@ -181,6 +203,11 @@ impl GroupTable {
                 gr.local.retain(|&l| l != id);
             }
         }
+    }
+
+    /// The daemon configuration epoch of new view ids.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Counters so far.
@@ -219,7 +246,9 @@ impl GroupTable {
         all
     }
 
-    /// Applies one ordered event, writing frames for local clients into `out`.
+    /// Applies one ordered event, writing frames for local clients into `out`. A `State`
+    /// event is ignored and counted: state only means something as the whole exchange,
+    /// which [`GroupTable::merge`] takes.
     pub fn apply(&mut self, event: &Event<'_>, out: &mut dyn Outbox) {
         self.stats.events += 1;
         // A client's request: its queue of request ids moves on once it is applied.
@@ -228,7 +257,7 @@ impl GroupTable {
             | Event::Leave { client, .. }
             | Event::Reject { client, .. }
             | Event::Data { sender: client, .. } => self.local_of(client),
-            Event::Connect { .. } | Event::Disconnect { .. } => None,
+            Event::Connect { .. } | Event::Disconnect { .. } | Event::State { .. } => None,
         };
         match *event {
             Event::Connect { client } => self.connect(client),
@@ -242,6 +271,7 @@ impl GroupTable {
                 groups,
                 payload,
             } => self.data(sender, service, msg_type, groups, payload, out),
+            Event::State { .. } => self.stats.stray_states += 1,
             Event::Reject {
                 client,
                 code,
@@ -292,6 +322,14 @@ impl GroupTable {
             // The runtime never lets two clients share a name; a replayed Connect is a no-op.
             return;
         }
+        if !self.departed.is_empty()
+            && names::daemon_of(name).is_some_and(|d| self.departed.contains(d))
+        {
+            // Sent before its daemon left and delivered in the transitional configuration:
+            // the client is not in the configuration being installed.
+            self.stats.departed_connects += 1;
+            return;
+        }
         let entry = Client {
             name: name.into(),
             local: self.local_ids.get(name).copied(),
@@ -305,7 +343,7 @@ impl GroupTable {
     fn next_view(&mut self) -> ViewId {
         self.changes += 1;
         ViewId {
-            epoch: self.config.epoch,
+            epoch: self.epoch,
             seq: self.changes,
         }
     }
@@ -352,7 +390,14 @@ impl GroupTable {
         if let Some(e) = self.clients[c as usize].as_mut() {
             e.groups.push(g);
         }
-        self.notify(g, MembershipReason::Join, client, None, out);
+        self.notify(
+            g,
+            ViewKind::Regular,
+            MembershipReason::Join,
+            Some(client),
+            None,
+            out,
+        );
     }
 
     fn create_group(&mut self, name: &str) -> GroupIdx {
@@ -433,23 +478,32 @@ impl GroupTable {
         let leaver = (reason == MembershipReason::Leave)
             .then_some(local)
             .flatten();
-        self.notify(g, reason, &name, leaver, out);
-        let gr = self.groups[g as usize].as_ref().expect("live group");
-        if gr.members.is_empty() {
-            let gname = gr.name.clone();
-            self.groups_by_name.remove(&gname);
-            self.groups[g as usize] = None;
+        self.notify(g, ViewKind::Regular, reason, Some(&name), leaver, out);
+        if self.groups[g as usize]
+            .as_ref()
+            .is_some_and(|gr| gr.members.is_empty())
+        {
+            self.drop_group(g);
+        }
+    }
+
+    /// Forgets group `g` (it has no members left: a group exists while it has members).
+    fn drop_group(&mut self, g: GroupIdx) {
+        if let Some(gr) = self.groups[g as usize].take() {
+            self.groups_by_name.remove(&gr.name);
             self.free_groups.push(g);
         }
     }
 
     /// Sends the group's current view to its local members, and (with an empty member list)
-    /// to `leaver`.
+    /// to `leaver`. `changed` is the client whose request caused the change; network
+    /// changes name nobody.
     fn notify(
         &mut self,
         g: GroupIdx,
+        kind: ViewKind,
         reason: MembershipReason,
-        changed: &str,
+        changed: Option<&str>,
         leaver: Option<LocalId>,
         out: &mut dyn Outbox,
     ) {
@@ -464,13 +518,7 @@ impl GroupTable {
             .iter()
             .map(|&m| clients[m as usize].as_ref().map_or("", |c| &*c.name));
         encode::membership(
-            &mut frame,
-            &gr.name,
-            gr.view,
-            ViewKind::Regular,
-            reason,
-            [changed],
-            members,
+            &mut frame, &gr.name, gr.view, kind, reason, changed, members,
         );
         for &id in &gr.local {
             if let Some(buf) = out.out(id) {
@@ -484,9 +532,9 @@ impl GroupTable {
                 &mut frame,
                 &gr.name,
                 gr.view,
-                ViewKind::Regular,
+                kind,
                 reason,
-                [changed],
+                changed,
                 std::iter::empty(),
             );
             if let Some(buf) = out.out(id) {
@@ -660,7 +708,7 @@ mod tests {
 
     /// A daemon's local clients, collecting what the table writes for each.
     #[derive(Default)]
-    struct Boxes(HashMap<LocalId, Vec<u8>>);
+    pub(super) struct Boxes(pub(super) HashMap<LocalId, Vec<u8>>);
 
     impl Outbox for Boxes {
         fn out(&mut self, id: LocalId) -> Option<&mut Vec<u8>> {
@@ -670,14 +718,22 @@ mod tests {
 
     /// What a client saw, in a comparable form.
     #[derive(Debug, Clone, PartialEq, Eq)]
-    enum Seen {
+    pub(super) enum Seen {
         Data(String, Vec<String>, Vec<u8>),
-        View(String, ViewId, MembershipReason, String, Vec<String>),
+        /// Group, kind, id, reason, `changed` joined by commas, members.
+        View(
+            String,
+            ViewKind,
+            ViewId,
+            MembershipReason,
+            String,
+            Vec<String>,
+        ),
         Error(ErrorCode),
     }
 
     impl Boxes {
-        fn take(&mut self, id: LocalId) -> Vec<Seen> {
+        pub(super) fn take(&mut self, id: LocalId) -> Vec<Seen> {
             let buf = std::mem::take(self.0.get_mut(&id).unwrap());
             let mut rest = &buf[..];
             let mut seen = Vec::new();
@@ -698,12 +754,13 @@ mod tests {
                     DaemonFrame::Membership {
                         group,
                         view_id,
+                        kind,
                         reason,
                         changed,
                         members,
-                        ..
                     } => Seen::View(
                         group.into(),
+                        kind,
                         view_id,
                         reason,
                         changed.iter().collect::<Vec<_>>().join(","),
@@ -719,12 +776,12 @@ mod tests {
         }
     }
 
-    struct World {
-        table: GroupTable,
-        boxes: Boxes,
+    pub(super) struct World {
+        pub(super) table: GroupTable,
+        pub(super) boxes: Boxes,
     }
 
-    fn world(closed: &[&str]) -> World {
+    pub(super) fn world(closed: &[&str]) -> World {
         World {
             table: GroupTable::new(TableConfig {
                 groups: GroupsConfig {
@@ -740,18 +797,18 @@ mod tests {
     }
 
     impl World {
-        fn connect(&mut self, name: &str, id: LocalId) {
+        pub(super) fn connect(&mut self, name: &str, id: LocalId) {
             self.table.bind_local(name, id);
             self.boxes.0.insert(id, Vec::new());
             self.apply(Event::Connect { client: name });
         }
-        fn apply(&mut self, e: Event<'_>) {
+        pub(super) fn apply(&mut self, e: Event<'_>) {
             self.table.apply(&e, &mut self.boxes);
         }
-        fn join(&mut self, client: &str, group: &str) {
+        pub(super) fn join(&mut self, client: &str, group: &str) {
             self.apply(Event::Join { client, group });
         }
-        fn send(&mut self, sender: &str, targets: &[&str], payload: &[u8]) {
+        pub(super) fn send(&mut self, sender: &str, targets: &[&str], payload: &[u8]) {
             let list = group_list_bytes(targets.iter().copied());
             self.apply(Event::Data {
                 sender,
@@ -772,6 +829,7 @@ mod tests {
     ) -> Seen {
         Seen::View(
             group.into(),
+            ViewKind::Regular,
             ViewId { epoch: 1, seq },
             reason,
             changed.into(),
@@ -1104,7 +1162,7 @@ mod tests {
                                     prop_assert_eq!(&p[..], &payload[..]);
                                     data += 1;
                                 }
-                                Seen::View(g, v, _, _, ms) => {
+                                Seen::View(g, _, v, _, _, ms) => {
                                     if let Some(prev) = last_view.insert((i, g.clone()), v) {
                                         prop_assert!(v > prev, "views increase");
                                     }

@@ -30,6 +30,7 @@
 
 mod control;
 pub mod net;
+mod persist;
 mod session;
 mod shard;
 mod status;

@@ -15,12 +15,13 @@
 //! times, while datagrams keep arriving.
 //!
 //! Daemon indices are positions in the configuration's daemon list sorted by name, so every
-//! daemon numbers the ring alike; the token goes round in that order and the first daemon
-//! starts it (resending it on its retransmission timeout until its successor is up).
+//! daemon numbers the ring alike.
 //!
-//! Limitation: the ring is static. Membership changes (a daemon that stops, starts late or
-//! restarts; token loss) are the next issue's membership protocol; until then a daemon
-//! waits for all configured peers and a lost daemon stalls ordering.
+//! Membership is dynamic ([`Membership`]): a daemon starts by gathering with every
+//! configured daemon it hears, forms a ring of those that answer, and re-forms it whenever
+//! the token is lost, a daemon joins or restarts, or rings meet after a partition. Events
+//! submitted while no ring runs wait (bounded); the group table follows every configuration
+//! change through [`GroupSync`] (transitional views, state exchange after merges).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -31,9 +32,13 @@ use conclave_control::wire::client::{Service, max_frame_len};
 use serde_json::{Value, json};
 
 use crate::config::{Config, Profile};
-use crate::core::ring::{DaemonIdx, Dest, Ring, RingConfig, RingId, RingStats, SubmitError};
+use crate::core::group_sync::{GroupSync, epoch_of};
+use crate::core::membership::wire::DIGESTS;
+use crate::core::membership::{MemberEvent, Membership, MembershipConfig, Note, State};
+use crate::core::ring::{DaemonIdx, Dest, RingConfig, RingId, RingStats, SubmitError};
 use crate::core::time::Instant;
 use crate::core::{Event, GroupTable, Outbox, Sequencer};
+use crate::daemon::persist::RunState;
 use crate::io::{Backend, IoError, IoOptions, IoStats, UdpIo};
 
 /// Rounds of send/receive one `drive` call does at most before letting clients in.
@@ -91,42 +96,45 @@ struct NetStats {
     dropped_unknown_address: u64,
     /// Datagrams dropped by the loss profile.
     dropped_loss_injected: u64,
-    /// Ordered payloads that did not decode as events (a faulty peer).
-    bad_events: u64,
     /// Sends the UDP layer refused.
     send_errors: u64,
     /// Events refused by the ring for backpressure and held until it drained.
     held_back: u64,
     /// Events larger than the ring accepts (cannot happen with consistent limits).
     too_large: u64,
-    /// Times the token stayed away past the token-loss timeout.
-    token_losses: u64,
+    /// Datagrams refused by membership or the ring, by reason.
+    dropped_membership: u64,
+    dropped_stale: u64,
+    dropped_not_now: u64,
+    dropped_sender: u64,
+    dropped_config_mismatch: u64,
 }
 
 /// The ring-backed [`Sequencer`] (see the module docs).
 pub struct RingSequencer {
-    ring: Ring,
+    membership: Membership,
+    sync: GroupSync,
+    run: RunState,
     udp: UdpIo,
     /// Ring address of every daemon, by index.
     peers: Vec<SocketAddr>,
     names: Vec<String>,
     by_addr: HashMap<SocketAddr, DaemonIdx>,
     me: DaemonIdx,
-    /// Ring address of every daemon but this one: where a multicast goes.
-    others: Vec<SocketAddr>,
-    /// Events the ring refused for backpressure, in order; while any wait here every new
-    /// event queues behind them, so the order of submission is kept.
+    /// Ring address of every daemon but this one: where membership messages go.
+    everyone: Vec<SocketAddr>,
+    /// Ring addresses of the other members of the ring now sending, and its id.
+    ring_peers: Vec<SocketAddr>,
+    ring_peers_of: Option<RingId>,
+    /// Events refused for backpressure, in order; while any wait here every new event
+    /// queues behind them, so the order of submission is kept.
     held: VecDeque<(Service, Vec<u8>)>,
-    ordered: u64,
     more: bool,
     loss: Option<Loss>,
     loss_percent: f64,
     stats: NetStats,
-    /// The token has stayed away past the loss timeout (and it was logged); cleared when
-    /// it comes back. Until the membership protocol exists nothing else is done about it.
-    stalled: bool,
-    /// `tokens_received` when the stall was noticed.
-    stalled_at_tokens: u64,
+    /// When the daemon started (the base of the sequencer's clock), for status ages.
+    last_now: Instant,
 }
 
 impl std::fmt::Debug for RingSequencer {
@@ -150,8 +158,41 @@ pub fn daemon_order(config: &Config) -> Vec<(String, SocketAddr)> {
     all
 }
 
+/// FNV-1a: a stable 64-bit digest (to notice differing settings, not to resist forgery).
+fn digest(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Digests of the settings that must agree across daemons, in the order of
+/// [`DIGEST_NAMES`](crate::core::membership::DIGEST_NAMES): the daemon list, the message
+/// limits, the group policy, and the ring's wire settings.
+fn config_digests(config: &Config, profile: &Profile) -> [u64; DIGESTS] {
+    let daemons: Vec<String> = daemon_order(config)
+        .iter()
+        .map(|(n, a)| format!("{n}@{a}"))
+        .collect();
+    [
+        digest(&daemons.join(",")),
+        digest(&format!("{}", config.clients.max_payload)),
+        digest(&format!("{:?}", config.groups)),
+        digest(&format!("{}", profile.ring.max_datagram_bytes)),
+    ]
+}
+
+/// Where a daemon keeps its run state by default.
+pub fn default_state_dir(config: &Config) -> std::path::PathBuf {
+    let port = config
+        .daemons
+        .iter()
+        .find(|d| d.name == config.me)
+        .map_or(0, |d| d.ring_port);
+    std::env::temp_dir().join(format!("conclave-{}-{port}", config.me))
+}
+
 impl RingSequencer {
-    /// Binds this daemon's ring port and starts its part of the ring at `now`.
+    /// Binds this daemon's ring port and starts its membership at `now`.
     pub fn new(config: &Config, profile: &Profile, now: Instant) -> Result<Self, NetError> {
         let order = daemon_order(config);
         for (i, (name, addr)) in order.iter().enumerate() {
@@ -166,13 +207,9 @@ impl RingSequencer {
         // Validation bounds nothing here; a configuration of 65535+ daemons fails below.
         let me = DaemonIdx(u16::try_from(pos).unwrap_or(u16::MAX));
         let n = u16::try_from(order.len()).unwrap_or(u16::MAX);
-        let members: Vec<DaemonIdx> = (0..n).map(DaemonIdx).collect();
+        let daemons: Vec<DaemonIdx> = (0..n).map(DaemonIdx).collect();
         let t = &profile.ring;
-        let mut rc = RingConfig::new(me, members);
-        rc.ring_id = RingId {
-            representative: DaemonIdx(0),
-            seq: 1,
-        };
+        let mut rc = RingConfig::new(me, daemons.clone());
         let opts = IoOptions {
             backend: t.io_backend,
             batch: 64,
@@ -203,58 +240,76 @@ impl RingSequencer {
         rc.token_loss_timeout = Duration::from_millis(t.token_timeout_ms);
         rc.accelerated = t.accelerated;
         rc.idle_token_hold = Duration::from_micros(t.idle_token_hold_us);
-        let ring = Ring::new(rc, now)?;
+        rc.validate()?;
+        // Daemons on one host may share a configuration file: each takes its own folder.
+        let state_dir = config
+            .state_dir
+            .as_ref()
+            .map(|d| d.join(&config.me))
+            .unwrap_or_else(|| default_state_dir(config));
+        let run = RunState::load(&state_dir);
+        let mut mc = MembershipConfig::new(me, daemons, rc);
+        mc.incarnation = run.incarnation;
+        mc.max_ring_seq = run.max_ring_seq;
+        mc.digests = config_digests(config, profile);
+        if t.consensus_timeout_ms > 0 {
+            mc.consensus_timeout = Duration::from_millis(t.consensus_timeout_ms);
+        }
+        if t.merge_interval_ms > 0 {
+            mc.merge_interval = Duration::from_millis(t.merge_interval_ms);
+        }
         let udp = UdpIo::bind(order[pos].1, opts)?;
+        let membership = Membership::new(mc, now)?;
         let by_addr = order
             .iter()
             .enumerate()
             .map(|(i, (_, a))| (*a, DaemonIdx(u16::try_from(i).unwrap_or(u16::MAX))))
             .collect();
-        let others = order
+        let everyone = order
             .iter()
             .enumerate()
             .filter(|&(i, _)| i != pos)
             .map(|(_, (_, a))| *a)
             .collect();
+        let names: Vec<String> = order.iter().map(|(n, _)| n.clone()).collect();
         tracing::info!(
             me = me.0,
             daemons = order.len(),
+            incarnation = run.incarnation,
             backend = ?udp.backend(),
             addr = %udp.local_addr(),
-            "ring started (static membership: waiting for every configured daemon)"
+            state_dir = %state_dir.display(),
+            "ring started: gathering with the configured daemons"
         );
         Ok(Self {
-            ring,
+            membership,
+            sync: GroupSync::new(names.clone(), me),
+            run,
             udp,
             peers: order.iter().map(|(_, a)| *a).collect(),
-            names: order.into_iter().map(|(n, _)| n).collect(),
+            names,
             by_addr,
             me,
-            others,
+            everyone,
+            ring_peers: Vec::new(),
+            ring_peers_of: None,
             held: VecDeque::new(),
-            ordered: 0,
             more: false,
             loss: Loss::new(t.loss_percent, t.loss_seed, me),
             loss_percent: t.loss_percent,
             stats: NetStats::default(),
-            stalled: false,
-            stalled_at_tokens: 0,
+            last_now: now,
         })
     }
 
-    /// The ring's counters.
-    pub fn ring_stats(&self) -> &RingStats {
-        self.ring.stats()
+    /// The ring counters, summed over every ring this daemon has run.
+    pub fn ring_stats(&self) -> RingStats {
+        self.membership.ring_stats()
     }
 
     /// The UDP layer's counters.
     pub fn io_stats(&self) -> IoStats {
         self.udp.stats()
-    }
-
-    fn offer(&mut self, service: Service, bytes: &[u8]) -> bool {
-        let r = self.ring.submit(service, bytes);
-        self.accepted(r)
     }
 
     /// Whether the ring took the event (or dropped it for good); false for backpressure.
@@ -273,26 +328,52 @@ impl RingSequencer {
 
     fn release_held(&mut self) {
         while let Some((service, bytes)) = self.held.pop_front() {
-            if !self.offer(service, &bytes) {
+            let r = self.membership.submit(service, &bytes);
+            if !self.accepted(r) {
                 self.held.push_front((service, bytes));
                 return;
             }
         }
     }
 
+    fn name(&self, d: DaemonIdx) -> &str {
+        self.names.get(usize::from(d.0)).map_or("?", String::as_str)
+    }
+
+    fn names_of(&self, set: &[DaemonIdx]) -> Vec<&str> {
+        set.iter().map(|&d| self.name(d)).collect()
+    }
+
+    /// The addresses `Dest::All` goes to: the other members of the ring now sending.
+    fn refresh_ring_peers(&mut self) {
+        let id = self.membership.ring_id();
+        let members: Vec<DaemonIdx> = self.membership.ring_peers().collect();
+        if self.ring_peers_of == id && self.ring_peers.len() == members.len() {
+            return;
+        }
+        self.ring_peers_of = id;
+        self.ring_peers = members
+            .iter()
+            .filter_map(|d| self.peers.get(usize::from(d.0)).copied())
+            .collect();
+    }
+
     fn queue_transmits(&mut self, now: Instant) {
+        self.refresh_ring_peers();
         let Self {
-            ring,
+            membership,
             udp,
             peers,
-            others,
+            everyone,
+            ring_peers,
             stats,
             ..
         } = self;
         // Each datagram goes from the ring's store straight into one pooled send buffer,
         // which every peer's send then reads.
-        while let Some(result) = ring.poll_transmit_with(now, |t, bytes| match t.dest {
-            Dest::All => udp.push_multicast(others, bytes),
+        while let Some(result) = membership.poll_transmit_with(now, |dest, bytes| match dest {
+            Dest::All => udp.push_multicast(ring_peers, bytes),
+            Dest::Everyone => udp.push_multicast(everyone, bytes),
             Dest::One(d) => match peers.get(usize::from(d.0)) {
                 Some(addr) => udp.push_send(*addr, bytes),
                 None => Ok(()),
@@ -305,46 +386,83 @@ impl RingSequencer {
         }
     }
 
-    /// Notices (once per episode) that the token has been away past the loss timeout: with
-    /// a static ring that means a daemon is down or unreachable and ordering has stopped.
-    fn watch_token(&mut self, now: Instant) {
-        let tokens = self.ring.stats().tokens_received;
-        if self.stalled {
-            if tokens > self.stalled_at_tokens {
-                self.stalled = false;
-                tracing::info!("the token is back: the daemon ring orders again");
+    fn log_notes(&mut self) {
+        while let Some(note) = self.membership.poll_note() {
+            match note {
+                Note::RunStarted(why) => {
+                    tracing::info!(state = ?self.membership.state(), "membership run started: {why}")
+                }
+                Note::Failed(ds) => tracing::warn!(
+                    daemons = ?self.names_of(&ds),
+                    "daemons silent during the membership run: left out of the next configuration"
+                ),
+                Note::ConfigMismatch { daemon, key } => tracing::error!(
+                    daemon = self.name(daemon),
+                    key,
+                    "daemon refused: its configuration differs in {key} (fix the configuration files)"
+                ),
             }
-            return;
-        }
-        if self.ring.token_loss_deadline().is_some_and(|d| d <= now) {
-            self.stalled = true;
-            self.stalled_at_tokens = tokens;
-            self.stats.token_losses += 1;
-            tracing::warn!(
-                "no token within the token timeout: a daemon of the ring is down or \
-                 unreachable, and ordering waits for it (membership changes: next issue)"
-            );
         }
     }
 
     fn deliver(&mut self, table: &mut GroupTable, out: &mut dyn Outbox) {
-        while let Some(d) = self.ring.poll_delivery() {
-            let mut rest = d.payload;
-            while !rest.is_empty() {
-                match Event::decode(rest) {
-                    Ok((event, used)) => {
-                        rest = &rest[used..];
-                        self.ordered += 1;
-                        table.apply(&event, out);
+        loop {
+            let state = match self.membership.poll_event() {
+                None => break,
+                Some(MemberEvent::Deliver { delivery, .. }) => {
+                    if let Err(e) = self.sync.ordered(delivery.payload, table, out) {
+                        tracing::warn!(
+                            origin = delivery.origin.0,
+                            "undecodable ordered event: {e}"
+                        );
                     }
-                    Err(e) => {
-                        self.stats.bad_events += 1;
-                        tracing::warn!(origin = d.origin.0, "undecodable ordered event: {e}");
-                        break;
+                    continue;
+                }
+                Some(MemberEvent::Transitional(c)) => {
+                    let gone: Vec<DaemonIdx> = self
+                        .membership
+                        .members()
+                        .iter()
+                        .filter(|d| !c.members.contains(d))
+                        .copied()
+                        .collect();
+                    if !gone.is_empty() {
+                        tracing::warn!(
+                            gone = ?self.names_of(&gone),
+                            moving = ?self.names_of(&c.members),
+                            "daemons left the configuration: their clients leave their groups"
+                        );
                     }
+                    self.sync.transitional(&c, table, out);
+                    continue;
+                }
+                Some(MemberEvent::Regular(c)) => {
+                    let joined: Vec<DaemonIdx> = c
+                        .members
+                        .iter()
+                        .filter(|d| !c.moved_with_me.contains(d))
+                        .copied()
+                        .collect();
+                    tracing::info!(
+                        ring = %format!("{}.{}", c.ring_id.representative.0, c.ring_id.seq),
+                        members = ?self.names_of(&c.members),
+                        joined = ?self.names_of(&joined),
+                        "new daemon configuration installed"
+                    );
+                    self.run
+                        .save_ring_seq(c.ring_id.seq.max(self.membership.max_ring_seq()));
+                    self.sync.regular(&c, table, out)
+                }
+            };
+            if let Some(state) = state {
+                // The state exchange's message goes first into the new ring.
+                let r = self.membership.submit(Service::Agreed, &state);
+                if !self.accepted(r) {
+                    self.held.push_front((Service::Agreed, state));
                 }
             }
         }
+        self.run.save_ring_seq(self.membership.max_ring_seq());
     }
 }
 
@@ -362,7 +480,9 @@ impl Sequencer for RingSequencer {
         };
         // Encoded straight into the ring's send queue: one copy of the client's payload.
         if self.held.is_empty() {
-            let r = self.ring.submit_with(service, |buf| event.encode(buf));
+            let r = self
+                .membership
+                .submit_with(service, |buf| event.encode(buf));
             if self.accepted(r) {
                 return;
             }
@@ -374,20 +494,20 @@ impl Sequencer for RingSequencer {
     }
 
     fn ordered(&self) -> u64 {
-        self.ordered
+        self.sync.applied()
     }
 
     fn drive(&mut self, now: Instant, table: &mut GroupTable, out: &mut dyn Outbox) {
         self.more = false;
-        self.watch_token(now);
+        self.last_now = now;
         for round in 0..MAX_ROUNDS {
             self.release_held();
-            if self.ring.poll_timeout().is_some_and(|t| t <= now) {
-                self.ring.handle_timeout(now);
+            if self.membership.poll_timeout().is_some_and(|t| t <= now) {
+                self.membership.handle_timeout(now);
             }
             self.queue_transmits(now);
             let Self {
-                ring,
+                membership,
                 udp,
                 by_addr,
                 loss,
@@ -403,13 +523,24 @@ impl Sequencer for RingSequencer {
                     stats.dropped_loss_injected += 1;
                     return;
                 }
-                // Errors are counted by the ring; the datagram is simply dropped.
-                let _ = ring.handle_datagram(now, idx, bytes);
+                // Errors are counted (here or by the ring); the datagram is simply dropped.
+                use crate::core::membership::Dropped;
+                match membership.handle_datagram(now, idx, bytes) {
+                    Ok(()) | Err(Dropped::Packet(_)) => {}
+                    Err(Dropped::Membership(_)) => stats.dropped_membership += 1,
+                    Err(Dropped::Stale) => stats.dropped_stale += 1,
+                    Err(Dropped::NotNow) => stats.dropped_not_now += 1,
+                    Err(Dropped::Sender) => stats.dropped_sender += 1,
+                    Err(Dropped::ConfigMismatch) => stats.dropped_config_mismatch += 1,
+                }
             });
+            self.log_notes();
             match outcome {
                 Ok(o) => {
                     self.deliver(table, out);
                     if o.received == 0 && !o.more {
+                        // Deliveries may have queued sends (the state exchange).
+                        self.queue_transmits(now);
                         return;
                     }
                     self.more = round + 1 == MAX_ROUNDS;
@@ -425,11 +556,7 @@ impl Sequencer for RingSequencer {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let loss = self.ring.token_loss_deadline().filter(|_| !self.stalled);
-        match (self.ring.poll_timeout(), loss) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.membership.poll_timeout()
     }
 
     fn busy(&self) -> bool {
@@ -445,10 +572,12 @@ impl Sequencer for RingSequencer {
     }
 
     fn status(&self) -> Option<Value> {
-        let r = self.ring.stats();
+        let ring = self.membership.ring();
+        let r = &self.membership.ring_stats();
+        let m = self.membership.stats();
         let io = self.udp.stats();
-        let cfg = self.ring.config();
         let n = &self.stats;
+        let sync = self.sync.stats();
         let counters = json!({
             "datagrams_in": io.received,
             "datagrams_out": io.sent,
@@ -456,12 +585,15 @@ impl Sequencer for RingSequencer {
             "dropped_truncated": r.dropped_truncated,
             "dropped_unknown_version": r.dropped_version,
             "dropped_wrong_ring": r.dropped_wrong_ring,
-            "dropped_unknown_sender": r.dropped_sender,
+            "dropped_unknown_sender": r.dropped_sender + n.dropped_sender,
             "dropped_unknown_address": n.dropped_unknown_address,
-            "dropped_malformed": r.dropped_malformed,
+            "dropped_malformed": r.dropped_malformed + n.dropped_membership,
             "dropped_too_far": r.dropped_too_far,
             "dropped_loss_injected": n.dropped_loss_injected,
             "dropped_oversize": io.truncated,
+            "dropped_stale": n.dropped_stale,
+            "dropped_not_now": n.dropped_not_now,
+            "dropped_config_mismatch": n.dropped_config_mismatch,
             "data_sent": r.data_sent,
             "data_received": r.data_received,
             "duplicate_data": r.duplicate_data,
@@ -472,28 +604,71 @@ impl Sequencer for RingSequencer {
             "token_retransmits": r.token_retransmits,
             "duplicate_tokens": r.duplicate_tokens,
         });
-        let mut counters = counters;
         let more = json!({
             "messages_submitted": r.messages_submitted,
             "messages_delivered": r.messages_delivered,
-            "backpressure_refusals": r.messages_refused,
+            "backpressure_refusals": r.messages_refused + m.refused,
             "events_held_back": n.held_back,
-            "bad_events": n.bad_events,
+            "bad_events": sync.bad_events,
             "events_too_large": n.too_large,
-            "token_losses": n.token_losses,
+            "token_losses": m.token_losses,
+            "membership_runs": m.runs,
+            "configurations_installed": m.installs,
+            "foreign_ring_packets": m.foreign_packets,
+            "joins_sent": m.joins_sent,
+            "commit_tokens_sent": m.commits_sent,
+            "recovery_packets_sent": m.recovery_sent,
+            "recovered_packets": m.recovered,
+            "state_exchanges": sync.exchanges,
             "send_errors": n.send_errors + io.send_errors,
             "send_dropped": io.send_dropped,
             "syscalls": io.syscalls,
         });
+        let mut counters = counters;
         if let (Some(c), Value::Object(m)) = (counters.as_object_mut(), more) {
             c.extend(m);
         }
+        let incarnations = self.membership.incarnations();
+        let heard = self.membership.last_heard();
+        let daemons: Vec<Value> = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let idx = DaemonIdx(u16::try_from(i).unwrap_or(u16::MAX));
+                let ago_ms = heard
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map(|t| self.last_now.saturating_duration_since(t).as_millis() as u64);
+                json!({
+                    "name": name,
+                    "index": i,
+                    "address": self.peers.get(i).map(ToString::to_string),
+                    "member": self.membership.members().contains(&idx),
+                    "incarnation": incarnations.get(i).copied().unwrap_or(0),
+                    "last_heard_ms_ago": if idx == self.me { Some(0) } else { ago_ms },
+                })
+            })
+            .collect();
+        let state = match self.membership.state() {
+            State::Operational => "operational",
+            State::Gather => "gather",
+            State::Commit => "commit",
+            State::Recovery => "recovery",
+        };
         Some(json!({
             "mode": "ring",
-            "membership": "static (all configured daemons; membership changes: next issue)",
-            "ring_id": {"representative": cfg.ring_id.representative.0, "seq": cfg.ring_id.seq},
-            "members": self.names,
+            "membership": state,
+            "ring_id": self.membership.ring_id().map(|id| json!({
+                "representative": self.name(id.representative),
+                "seq": id.seq,
+                "epoch": epoch_of(id),
+            })),
+            "members": self.names_of(self.membership.members()),
+            "daemons": daemons,
             "my_index": self.me.0,
+            "incarnation": self.run.incarnation,
             "address": self.udp.local_addr().to_string(),
             "backend": match self.udp.backend() {
                 Backend::Uring => "uring",
@@ -501,11 +676,13 @@ impl Sequencer for RingSequencer {
             },
             "fallback_reason": self.udp.fallback_reason(),
             "loss_percent": self.loss_percent,
-            "received_through": self.ring.received_through(),
-            "safe_through": self.ring.safe_through(),
-            "pending_messages": self.ring.pending_messages(),
+            "received_through": ring.received_through(),
+            "safe_through": ring.safe_through(),
+            "pending_messages": ring.pending_messages(),
+            "waiting_for_ring": self.membership.waiting(),
             "held_back_now": self.held.len(),
-            "stalled": self.stalled,
+            "exchanging_state": self.sync.exchanging(),
+            "stalled": self.membership.state() != State::Operational,
             "counters": counters,
         }))
     }

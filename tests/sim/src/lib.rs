@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod membership;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -321,7 +322,7 @@ impl Sim {
         let n = self.rings.len();
         while let Some(t) = self.rings[i].poll_transmit(self.now, &mut self.buf) {
             let targets: Vec<usize> = match t.dest {
-                Dest::All => (0..n).filter(|&j| j != i).collect(),
+                Dest::All | Dest::Everyone => (0..n).filter(|&j| j != i).collect(),
                 Dest::One(d) => vec![usize::from(d.0)],
             };
             for j in targets {

@@ -36,6 +36,51 @@ struct Args {
     /// Submissions per run.
     #[arg(long, default_value_t = 60)]
     messages: usize,
+    /// Simulate daemon membership (crashes, restarts, partitions, merges) instead of a
+    /// static ring: `conclave-sim membership --seeds N`.
+    #[arg(value_parser = ["membership"])]
+    mode: Option<String>,
+    /// Faults per membership run.
+    #[arg(long, default_value_t = 6)]
+    faults: usize,
+}
+
+/// Runs membership seeds; daemons default to 2..=6 drawn from the seed.
+fn membership(args: &Args, seeds: std::ops::Range<u64>) -> ExitCode {
+    use conclave_sim::membership::{MemberSimConfig, run_membership};
+    let (mut runs, mut installs, mut faults, mut deliveries) = (0u64, 0u64, 0usize, 0u64);
+    for seed in seeds.clone() {
+        let daemons = args.daemons.unwrap_or(2 + (seed % 5) as usize);
+        let cfg = MemberSimConfig {
+            daemons,
+            faults: args.faults,
+            ..MemberSimConfig::default()
+        };
+        match run_membership(seed, cfg) {
+            Ok(r) => {
+                if args.verbose {
+                    println!("seed {seed}: {r:?}");
+                }
+                runs += 1;
+                installs += r.installs;
+                faults += r.faults;
+                deliveries += r.deliveries;
+            }
+            Err(v) => {
+                eprintln!("seed {seed} ({daemons} daemons) failed: {v}");
+                eprintln!(
+                    "replay: cargo run --release -p conclave-sim -- membership --seed {seed} --daemons {daemons} --faults {}",
+                    args.faults
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!(
+        "{runs} membership seeds ok ({}..{}): {installs} configuration installs, {faults} faults, {deliveries} deliveries checked",
+        seeds.start, seeds.end
+    );
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -44,6 +89,9 @@ fn main() -> ExitCode {
         Some(s) => s..s + 1,
         None => args.start..args.start.saturating_add(args.seeds),
     };
+    if args.mode.is_some() {
+        return membership(&args, seeds);
+    }
     let mut totals = (0u64, 0usize, 0usize, 0u64);
     for seed in seeds.clone() {
         let daemons = args.daemons.unwrap_or(2 + (seed % 4) as usize);

@@ -5,7 +5,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// A daemon's index in the configuration file's daemon list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct DaemonIdx(pub u16);
 
 impl DaemonIdx {
@@ -15,7 +15,7 @@ impl DaemonIdx {
 
 /// Names one ring instance: its representative and a counter the membership protocol
 /// raises every time it installs a new ring, so packets of an older ring are told apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct RingId {
     /// The daemon that formed the ring (it creates the first token).
     pub representative: DaemonIdx,

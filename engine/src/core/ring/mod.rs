@@ -62,6 +62,8 @@ pub enum Dest {
     All,
     /// One daemon (the token's next holder).
     One(DaemonIdx),
+    /// Every configured daemon but this one, members or not (membership messages).
+    Everyone,
 }
 
 /// One datagram to send; its bytes are in the caller's buffer.
@@ -251,6 +253,34 @@ pub struct Ring {
 
     out: VecDeque<Out>,
     stats: RingStats,
+    /// Set once membership has ended this ring's regular configuration: delivery then
+    /// skips holes nobody can fill (see [`Ring::enter_transitional`]).
+    transitional: Option<Transitional>,
+}
+
+/// Delivery rules of a ring whose regular configuration has ended (EVS).
+#[derive(Debug, Clone)]
+struct Transitional {
+    /// Daemons that move together to the next configuration.
+    members: Vec<DaemonIdx>,
+    /// A hole has been skipped: from then on only these members' messages are delivered,
+    /// since a message of another daemon may depend on what is missing.
+    skipped: bool,
+}
+
+/// What a ring reports of itself when its configuration ends (membership's commit token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingState {
+    /// The ring.
+    pub ring_id: RingId,
+    /// Every packet up to here is held.
+    pub my_aru: u64,
+    /// Highest sequence number seen.
+    pub high_seq: u64,
+    /// Every member is known to hold every packet up to here.
+    pub safe_through: u64,
+    /// Every packet up to here has been delivered.
+    pub delivered_through: u64,
 }
 
 impl Ring {
@@ -309,6 +339,7 @@ impl Ring {
             held_until: None,
             out: VecDeque::new(),
             stats: RingStats::default(),
+            transitional: None,
             cfg,
         };
         if ring.cfg.me == ring.cfg.ring_id.representative && n > 1 {
@@ -340,6 +371,82 @@ impl Ring {
     /// Messages waiting in the send queue.
     pub fn pending_messages(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Highest sequence number seen (held or not).
+    pub fn high_seq(&self) -> u64 {
+        self.high_seq
+    }
+
+    /// What membership records of this ring when its configuration ends.
+    pub fn state(&self) -> RingState {
+        RingState {
+            ring_id: self.cfg.ring_id,
+            my_aru: self.my_aru,
+            high_seq: self.high_seq,
+            safe_through: self.safe_upto,
+            delivered_through: self.deliver_seq - 1,
+        }
+    }
+
+    /// The stored data packet `seq`, exactly as it travelled, if held.
+    pub fn held_packet(&self, seq: u64) -> Option<&[u8]> {
+        self.store.get(seq)
+    }
+
+    /// Whether data packet `seq` is held (or was, and has been delivered and collected).
+    pub fn holds(&self, seq: u64) -> bool {
+        seq < self.store.base || self.store.has(seq)
+    }
+
+    /// Stores a data packet of this ring that membership recovered from another member
+    /// after the ring's configuration ended. No token rule applies: the ring no longer
+    /// runs, and recovery only fills holes below the highest sequence number any member saw.
+    pub fn accept_recovered(&mut self, datagram: &[u8]) -> Result<(), PacketError> {
+        let Packet::Data(d) = wire::decode(datagram)? else {
+            return Err(PacketError::Malformed("recovered packet is not data"));
+        };
+        if d.ring_id != self.cfg.ring_id {
+            return Err(PacketError::WrongRing { got: d.ring_id });
+        }
+        if self.pos_of(d.origin).is_none() {
+            return Err(PacketError::UnknownSender(d.origin));
+        }
+        if d.seq < self.store.base || self.store.has(d.seq) {
+            self.stats.duplicate_data += 1;
+            return Ok(());
+        }
+        self.store_packet(d.seq, datagram);
+        Ok(())
+    }
+
+    /// Raises the bound below which every member holds every packet, from another member's
+    /// proof of it (membership's commit token); never above what this daemon holds.
+    pub fn raise_safe_through(&mut self, seq: u64) {
+        self.safe_upto = self.safe_upto.max(seq.min(self.my_aru));
+    }
+
+    /// Ends the regular configuration for delivery: every held packet up to the highest
+    /// sequence number seen is delivered, holes skipped; after the first hole only messages
+    /// from `members` (those moving together) are delivered, and SAFE messages no longer
+    /// wait. Call once every regular-configuration delivery has been taken.
+    pub fn enter_transitional(&mut self, members: &[DaemonIdx]) {
+        self.transitional = Some(Transitional {
+            members: members.to_vec(),
+            skipped: false,
+        });
+    }
+
+    /// Takes every message not yet (completely) sent, in order, for a later ring to send;
+    /// a message whose first fragments already left is taken whole.
+    pub fn take_pending(&mut self) -> Vec<(Service, Vec<u8>)> {
+        self.head_sent = 0;
+        self.pending_bytes = 0;
+        self.held_until = None;
+        self.pending
+            .drain(..)
+            .map(|p| (p.service, p.bytes))
+            .collect()
     }
 
     fn is_single(&self) -> bool {
@@ -478,6 +585,11 @@ impl Ring {
         if seq > self.horizon() {
             return Err(PacketError::TooFarAhead(seq));
         }
+        self.store_packet(seq, datagram);
+        Ok(())
+    }
+
+    fn store_packet(&mut self, seq: u64, datagram: &[u8]) {
         if let Some(slot) = self.store.slot(seq, &mut self.pool) {
             slot.clear();
             slot.extend_from_slice(datagram);
@@ -488,7 +600,6 @@ impl Ring {
         while self.store.has(self.my_aru + 1) {
             self.my_aru += 1;
         }
-        Ok(())
     }
 
     /// How far beyond this daemon's aru a data packet is still stored. The ring runs at
@@ -838,9 +949,13 @@ impl Ring {
                 let (start, end) = (e.start, e.end);
                 break (e.seq, e.origin, e.service, Found::Whole { start, end });
             }
-            if self.deliver_seq > self.my_aru {
+            let end = match &self.transitional {
+                Some(_) => self.high_seq,
+                None => self.my_aru,
+            };
+            if self.deliver_seq > end {
                 self.collect();
-                if self.is_single() && !self.pending.is_empty() {
+                if self.is_single() && !self.pending.is_empty() && self.transitional.is_none() {
                     self.single_visit();
                     continue;
                 }
@@ -848,8 +963,15 @@ impl Ring {
             }
             let seq = self.deliver_seq;
             let Some(pkt) = self.store.get(seq) else {
-                // Unreachable by design (held up to my_aru, collected only once delivered);
-                // skipping keeps a logic slip from wedging delivery.
+                // Only a transitional configuration may skip: in a regular one every packet up
+                // to my_aru is held until delivered, so a gap is a bug.
+                debug_assert!(self.transitional.is_some(), "delivery gap at {seq}");
+                // The hole is a packet of a daemon outside the transitional set (every
+                // member holds its own packets, and recovery shared them), whose messages
+                // are filtered from here on; members' fragmented messages go on intact.
+                if let Some(t) = self.transitional.as_mut() {
+                    t.skipped = true;
+                }
                 self.deliver_seq += 1;
                 self.deliver_off = 0;
                 continue;
@@ -868,8 +990,16 @@ impl Ring {
                 self.deliver_off = pkt.len();
                 continue;
             };
-            if item.service == Service::Safe && seq > self.safe_upto {
+            if item.service == Service::Safe && seq > self.safe_upto && self.transitional.is_none()
+            {
                 return None;
+            }
+            if let Some(t) = &self.transitional
+                && t.skipped
+                && !t.members.contains(&origin)
+            {
+                self.deliver_off += used;
+                continue;
             }
             let start = self.deliver_off + ITEM_HEADER;
             let end = start + item.bytes.len();

@@ -47,3 +47,30 @@ pub struct RingStats {
     /// Fragments that did not fit the message being reassembled (dropped).
     pub reassembly_errors: u64,
 }
+
+impl RingStats {
+    /// Adds another ring's counters (membership keeps one total across rings).
+    pub fn absorb(&mut self, other: &RingStats) {
+        self.datagrams_received += other.datagrams_received;
+        self.data_received += other.data_received;
+        self.duplicate_data += other.duplicate_data;
+        self.tokens_received += other.tokens_received;
+        self.duplicate_tokens += other.duplicate_tokens;
+        self.dropped_truncated += other.dropped_truncated;
+        self.dropped_version += other.dropped_version;
+        self.dropped_wrong_ring += other.dropped_wrong_ring;
+        self.dropped_malformed += other.dropped_malformed;
+        self.dropped_sender += other.dropped_sender;
+        self.dropped_too_far += other.dropped_too_far;
+        self.data_sent += other.data_sent;
+        self.retransmissions_sent += other.retransmissions_sent;
+        self.tokens_sent += other.tokens_sent;
+        self.token_retransmits += other.token_retransmits;
+        self.token_holds += other.token_holds;
+        self.retransmit_requests += other.retransmit_requests;
+        self.messages_submitted += other.messages_submitted;
+        self.messages_refused += other.messages_refused;
+        self.messages_delivered += other.messages_delivered;
+        self.reassembly_errors += other.reassembly_errors;
+    }
+}

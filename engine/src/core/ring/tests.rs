@@ -34,7 +34,7 @@ fn pump_capture(
                 capture.push((i as u16, t.dest, buf.clone()));
                 for j in 0..rings.len() {
                     let to_j = match t.dest {
-                        Dest::All => j != i,
+                        Dest::All | Dest::Everyone => j != i,
                         Dest::One(d) => usize::from(d.0) == j,
                     };
                     if to_j {
