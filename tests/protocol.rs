@@ -200,3 +200,32 @@ fn user_mode_asks_about_a_misspelt_service_instead_of_sending() {
     );
     assert!(text.contains("[safe from #typist#"), "{text}");
 }
+
+#[test]
+fn a_private_name_is_addressable_from_another_daemon_as_soon_as_it_is_welcomed() {
+    let cluster = Cluster::start(
+        &["a", "b", "c"],
+        &profile_text("default", Backend::Fallback),
+    );
+    // The peer sits at the daemon that holds the idle token, the fresh clients at the
+    // last one: a fresh client's Connect waits for the token, and the peer's send (made
+    // the moment the fresh client is welcomed) would otherwise be ordered first.
+    let mut peer = cluster.daemons[0].client("peer");
+    for i in 0..30 {
+        let mut fresh = cluster.daemons[2].client(&format!("fresh{i}"));
+        // The moment the name is known to the client, a client of another daemon uses it.
+        let to = fresh.private_name().to_owned();
+        peer.send_to(&to, Service::Agreed, 0, format!("hello {i}").as_bytes())
+            .unwrap();
+        let got = common::expect_event(&mut fresh, "the peer's message", |ev| match ev {
+            conclave::Event::Data { payload, .. } => Some(payload.clone()),
+            _ => None,
+        });
+        assert_eq!(got, format!("hello {i}").as_bytes());
+    }
+    let errors: Vec<_> = common::drain(&mut peer, std::time::Duration::from_millis(200))
+        .into_iter()
+        .filter(|e| matches!(e, conclave::Event::Error { .. }))
+        .collect();
+    assert!(errors.is_empty(), "no UnknownRecipient: {errors:?}");
+}

@@ -42,6 +42,14 @@ pub trait Outbox {
     fn done(&mut self, id: LocalId) {
         let _ = id;
     }
+
+    /// The Connect of local client `id` has been applied: it is in the order, so every
+    /// daemon knows its private name before anything ordered later. The runtime sends
+    /// the client's Welcome now, so that a name a client hands out can be addressed at
+    /// once (protocol rule 2).
+    fn connected(&mut self, id: LocalId) {
+        let _ = id;
+    }
 }
 
 /// Limits and policy the table enforces; the same at every daemon (from the shared config).
@@ -260,7 +268,13 @@ impl GroupTable {
             Event::Connect { .. } | Event::Disconnect { .. } | Event::State { .. } => None,
         };
         match *event {
-            Event::Connect { client } => self.connect(client),
+            Event::Connect { client } => {
+                self.connect(client);
+                // Even when the Connect changed nothing here: the client waits for it.
+                if let Some(&id) = self.local_ids.get(client) {
+                    out.connected(id);
+                }
+            }
             Event::Join { client, group } => self.join(client, group, out),
             Event::Leave { client, group } => self.leave(client, group, out),
             Event::Disconnect { client } => self.disconnect(client, out),

@@ -177,6 +177,9 @@ pub(crate) struct Session {
     /// Ids of this client's requests submitted for ordering and not yet applied, oldest
     /// first (kept on worker 0 only: the table answers there).
     pub(crate) pending: VecDeque<u32>,
+    /// The encoded Welcome, held until the client's Connect has been ordered (then its
+    /// private name is known at every daemon).
+    pub(crate) welcome: Option<Vec<u8>>,
 }
 
 /// First size of a session's read buffer; it grows (to the profile's read chunk, or to
@@ -208,6 +211,7 @@ impl Session {
             peer_closed: false,
             hup_seen: false,
             pending: VecDeque::new(),
+            welcome: None,
         }
     }
 

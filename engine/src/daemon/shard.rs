@@ -106,6 +106,7 @@ mod up {
 mod down {
     pub const OUTPUT: u8 = 1;
     pub const FREED: u8 = 2;
+    pub const WELCOME: u8 = 3;
 }
 
 /// One record of a session worker's batch (slots are the sender's).
@@ -135,6 +136,8 @@ pub(crate) enum Down<'a> {
     Output { slot: LocalId, frames: &'a [u8] },
     /// The slot is unbound in the table and may be reused.
     Freed { slot: LocalId },
+    /// The client's Connect has been ordered: send it the Welcome held for it.
+    Welcome { slot: LocalId },
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
@@ -252,6 +255,7 @@ pub(crate) fn next_down<'a>(buf: &mut &'a [u8]) -> Option<Result<Down<'a>, ()>> 
             Some(Down::Output { slot, frames })
         })(),
         down::FREED => take_u32(&mut rest).map(|slot| Down::Freed { slot }),
+        down::WELCOME => take_u32(&mut rest).map(|slot| Down::Welcome { slot }),
         _ => None,
     };
     *buf = rest;
@@ -343,6 +347,14 @@ impl Outgoing {
         put_u32(&mut self.batch, slot);
     }
 
+    /// Appends a [`Down::Welcome`] (after the frames already batched for the slot, so
+    /// the order of the client's stream is the order of the table's output).
+    pub(crate) fn welcome(&mut self, slot: LocalId) {
+        self.close_open();
+        self.batch.push(down::WELCOME);
+        put_u32(&mut self.batch, slot);
+    }
+
     /// Appends an [`Up`] record.
     pub(crate) fn up(&mut self, record: &Up<'_>) {
         self.close_open();
@@ -421,6 +433,18 @@ pub(crate) struct Route<'a, O: Outbox> {
 }
 
 impl<O: Outbox> Outbox for Route<'_, O> {
+    fn connected(&mut self, id: LocalId) {
+        let (worker, slot) = split(id);
+        if worker == 0 {
+            return self.own.connected(slot);
+        }
+        if let Some(peer) = self.peers.get_mut(worker - 1)
+            && peer.clients.contains_key(&slot)
+        {
+            peer.out.welcome(slot);
+        }
+    }
+
     fn request(&mut self, id: LocalId) -> u32 {
         let (worker, slot) = split(id);
         if worker == 0 {

@@ -90,7 +90,23 @@ impl Sessions {
     }
 }
 
+impl Sessions {
+    /// Sends the Welcome held for `id`, once its Connect has been ordered.
+    fn welcome(&mut self, id: LocalId) {
+        let Some(frame) = self.get(id).and_then(|s| s.welcome.take()) else {
+            return;
+        };
+        if let Some(buf) = self.out(id) {
+            buf.extend_from_slice(&frame);
+        }
+    }
+}
+
 impl Outbox for Sessions {
+    fn connected(&mut self, id: LocalId) {
+        self.welcome(id);
+    }
+
     fn request(&mut self, id: LocalId) -> u32 {
         self.get(id)
             .and_then(|s| s.pending.front().copied())
@@ -547,6 +563,7 @@ impl Worker {
                                     buf.extend_from_slice(frames);
                                 }
                             }
+                            Ok(Down::Welcome { slot }) => self.sessions.welcome(slot),
                             Ok(Down::Freed { slot }) => {
                                 let i = slot as usize;
                                 if let Some(w) = self.awaiting_unbind.get_mut(i) {
@@ -1050,13 +1067,16 @@ impl Worker {
         if let Some(s) = self.sessions.get(id) {
             s.welcomed = true;
         }
-        if let Some(buf) = self.sessions.out(id) {
+        if let Some(s) = self.sessions.get(id) {
+            // Held until the Connect below is ordered (at once on a single daemon).
+            let mut frame = Vec::new();
             encode::welcome(
-                buf,
+                &mut frame,
                 &private,
                 daemon,
                 u32::try_from(max_payload).unwrap_or(u32::MAX),
             );
+            s.welcome = Some(frame);
             self.counters.own_frames_out += 1;
         }
         self.counters.welcomed += 1;
