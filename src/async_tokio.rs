@@ -77,22 +77,37 @@ impl Connection {
             session,
             address,
         };
-        conn.flush().await?;
+        // As in the blocking connect: a refusal on accept may fail our write while its
+        // Refused frame waits to be read, and that frame says why.
+        let sent = conn.flush().await;
         let welcome = async {
             while !conn.session.handle_welcome()? {
                 conn.fill().await?;
             }
             Ok::<_, Error>(())
         };
-        tokio::time::timeout(WELCOME_TIMEOUT, welcome)
-            .await
-            .map_err(|_| Error::Timeout("the daemon's welcome"))??;
+        match tokio::time::timeout(WELCOME_TIMEOUT, welcome).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e @ Error::Refused { .. })) => return Err(e),
+            Ok(Err(e)) => return Err(sent.err().unwrap_or(e)),
+            Err(_) => {
+                sent?;
+                return Err(Error::Timeout("the daemon's welcome"));
+            }
+        }
+        sent?;
         Ok(conn)
     }
 
     /// The daemon this connection goes to.
     pub fn address(&self) -> &Address {
         &self.address
+    }
+
+    /// The id of the request queued last (join, leave, multicast, status): an
+    /// [`crate::Event::Error`] whose `request` equals it answers that request.
+    pub fn last_request(&self) -> u32 {
+        self.session.last_request()
     }
 
     /// This client's private name.

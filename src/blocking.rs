@@ -117,13 +117,27 @@ impl Connection {
             address,
             read_timeout: None,
         };
-        conn.flush()?;
+        // A daemon that refuses on accept (TooManyClients) writes its Refused and closes
+        // before reading our hello, so the write may fail although the answer that says
+        // why is waiting in our receive buffer: read it before reporting the write.
+        let sent = conn.flush();
         let deadline = Instant::now() + WELCOME_TIMEOUT;
-        while !conn.session.handle_welcome()? {
-            if !conn.fill(remaining(deadline))? {
-                return Err(Error::Timeout("the daemon's welcome"));
+        loop {
+            match conn.session.handle_welcome() {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => return Err(e),
+            }
+            match conn.fill(remaining(deadline)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    sent?;
+                    return Err(Error::Timeout("the daemon's welcome"));
+                }
+                Err(e) => return Err(sent.err().unwrap_or(e)),
             }
         }
+        sent?;
         Ok(conn)
     }
 
@@ -145,6 +159,18 @@ impl Connection {
     /// Largest payload the daemon accepts.
     pub fn max_payload(&self) -> usize {
         self.session.max_payload()
+    }
+
+    /// The id of the request queued last (join, leave, multicast, status): an
+    /// [`crate::Event::Error`] whose `request` equals it answers that request.
+    pub fn last_request(&self) -> u32 {
+        self.session.last_request()
+    }
+
+    /// Why the stream is over (the daemon's goodbye, or that it closed without one), once
+    /// a read has seen it end; `None` while it is open.
+    pub fn closed_reason(&self) -> Option<&str> {
+        self.session.closed_reason()
     }
 
     /// Joins a group (created on first join); the membership notification follows.
@@ -403,9 +429,9 @@ mod tests {
                 let f = decode_client(body).unwrap();
                 out.push(match f {
                     ClientFrame::Hello { name, .. } => format!("hello {name}"),
-                    ClientFrame::Join { group } => format!("join {group}"),
+                    ClientFrame::Join { group, .. } => format!("join {group}"),
                     ClientFrame::Multicast { payload, .. } => format!("mcast {}", payload.len()),
-                    ClientFrame::StatusRequest => "status".into(),
+                    ClientFrame::StatusRequest { .. } => "status".into(),
                     ClientFrame::Disconnect => "disconnect".into(),
                     other => format!("{other:?}"),
                 });
@@ -454,7 +480,7 @@ mod tests {
             for i in 0..50u16 {
                 encode::data_to(&mut w, "#x#fake", ["g"], Service::Fifo, i, b"abc");
             }
-            encode::error(&mut w, ErrorCode::NotJoined, "nope");
+            encode::error(&mut w, 0, ErrorCode::NotJoined, "nope");
             encode::status(&mut w, "{\"ok\":true}");
             for i in 50..60u16 {
                 encode::data_to(&mut w, "#x#fake", ["g"], Service::Fifo, i, b"abc");

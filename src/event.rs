@@ -39,6 +39,9 @@ pub enum Event {
     },
     /// The daemon rejected one request; the connection stays up.
     Error {
+        /// The id of the request it answers ([`crate::Connection::last_request`] right
+        /// after queueing it); 0 when the daemon could not read one.
+        request: u32,
         /// Why.
         code: ErrorCode,
         /// Detail naming the group or field at fault.
@@ -88,7 +91,12 @@ impl Event {
                 changed: changed.iter().map(str::to_owned).collect(),
                 members: members.iter().map(str::to_owned).collect(),
             },
-            DaemonFrame::Error { code, reason } => Event::Error {
+            DaemonFrame::Error {
+                request,
+                code,
+                reason,
+            } => Event::Error {
+                request,
                 code,
                 reason: reason.to_owned(),
             },

@@ -42,6 +42,8 @@ pub struct Session {
     pending: VecDeque<Vec<u8>>,
     /// Set once the stream is over: the daemon's goodbye or why we gave up on the stream.
     closed: Option<String>,
+    /// The id of the request queued last (0: none yet); ids count up from 1 and wrap.
+    last_request: u32,
 }
 
 impl Session {
@@ -66,6 +68,7 @@ impl Session {
             welcomed: false,
             pending: VecDeque::new(),
             closed: None,
+            last_request: 0,
         };
         encode::hello(&mut s.wbuf, PROTOCOL_VERSION, name);
         Ok(s)
@@ -289,17 +292,30 @@ impl Session {
         self.wbuf.len() - self.wpos >= WRITE_BATCH
     }
 
+    /// The id of the request queued last; an [`crate::Event::Error`] naming it answers it.
+    pub fn last_request(&self) -> u32 {
+        self.last_request
+    }
+
+    /// The id for the next request (never 0, which means "no request").
+    fn next_request(&mut self) -> u32 {
+        self.last_request = self.last_request.checked_add(1).unwrap_or(1);
+        self.last_request
+    }
+
     /// Queues a join.
     pub fn join(&mut self, group: &str) -> Result<()> {
         check_group(group)?;
-        encode::join(&mut self.wbuf, group);
+        let request = self.next_request();
+        encode::join(&mut self.wbuf, request, group);
         Ok(())
     }
 
     /// Queues a leave.
     pub fn leave(&mut self, group: &str) -> Result<()> {
         check_group(group)?;
-        encode::leave(&mut self.wbuf, group);
+        let request = self.next_request();
+        encode::leave(&mut self.wbuf, request, group);
         Ok(())
     }
 
@@ -326,8 +342,10 @@ impl Session {
                 max: self.max_payload,
             });
         }
+        let request = self.next_request();
         encode::multicast(
             &mut self.wbuf,
+            request,
             service,
             msg_type,
             targets.iter().map(AsRef::as_ref),
@@ -338,7 +356,8 @@ impl Session {
 
     /// Queues a status request.
     pub fn status_request(&mut self) {
-        encode::status_request(&mut self.wbuf);
+        let request = self.next_request();
+        encode::status_request(&mut self.wbuf, request);
     }
 
     /// Queues an orderly disconnect.
@@ -481,9 +500,16 @@ mod tests {
         s.disconnect();
         let frames = client_frames(s.output());
         assert_eq!(frames.len(), 5);
-        assert_eq!(frames[0], ClientFrame::Join { group: "g1" });
+        assert_eq!(
+            frames[0],
+            ClientFrame::Join {
+                request: 1,
+                group: "g1"
+            }
+        );
         match &frames[1] {
             ClientFrame::Multicast {
+                request: 2,
                 service,
                 msg_type,
                 groups,
@@ -496,8 +522,14 @@ mod tests {
             }
             other => panic!("not a multicast: {other:?}"),
         }
-        assert_eq!(frames[2], ClientFrame::Leave { group: "g1" });
-        assert_eq!(frames[3], ClientFrame::StatusRequest);
+        assert_eq!(
+            frames[2],
+            ClientFrame::Leave {
+                request: 3,
+                group: "g1"
+            }
+        );
+        assert_eq!(frames[3], ClientFrame::StatusRequest { request: 4 });
         assert_eq!(frames[4], ClientFrame::Disconnect);
         let half = s.output().len() / 2;
         s.consumed_output(half);
@@ -527,7 +559,7 @@ mod tests {
                 &vec![i as u8; usize::from(i) * 7],
             );
         }
-        encode::error(&mut w, ErrorCode::NotJoined, "not in g2");
+        encode::error(&mut w, 0, ErrorCode::NotJoined, "not in g2");
         encode::status(&mut w, "{\"clients\":[]}");
         encode::goodbye(&mut w, "bye");
         w

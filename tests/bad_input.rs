@@ -63,7 +63,7 @@ fn frame(kind_and_body: &[u8]) -> Vec<u8> {
 
 fn error_frame(raw: &mut Raw) -> (ErrorCode, String) {
     raw.expect_frame("error frame", |f| match f {
-        DaemonFrame::Error { code, reason } => Some((*code, (*reason).to_owned())),
+        DaemonFrame::Error { code, reason, .. } => Some((*code, (*reason).to_owned())),
         _ => None,
     })
 }
@@ -89,7 +89,7 @@ fn truncated_frame_is_malformed_and_the_session_goes_on() {
     });
     // The same connection still works after its bad frames.
     let mut ok = Vec::new();
-    encode::join(&mut ok, "after-junk");
+    encode::join(&mut ok, 0, "after-junk");
     raw.send(&ok);
     raw.expect_frame("membership after junk", |f| match f {
         DaemonFrame::Membership { group, .. } if *group == "after-junk" => Some(()),
@@ -132,6 +132,41 @@ fn garbage_instead_of_hello_is_refused() {
 }
 
 #[test]
+fn an_http_request_instead_of_hello_gets_bad_hello_on_both_transports() {
+    const HTTP: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let d = Daemon::start();
+    let mut by = Bystander::new(&d);
+    by.counts("/counters/refusals_by_code/BadHello", || {
+        let mut raw = Raw::connect(&d);
+        raw.send(HTTP);
+        let frames = raw.expect_close();
+        assert!(
+            frames.iter().any(|f| f.contains("BadHello")),
+            "unix: {frames:?}"
+        );
+    });
+    by.counts("/counters/refusals_by_code/BadHello", || {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+        tcp.set_read_timeout(Some(common::WAIT)).unwrap();
+        tcp.write_all(HTTP).unwrap();
+        let mut got = Vec::new();
+        // The daemon answers and closes: read to the end of the stream (bounded by the
+        // read timeout).
+        tcp.read_to_end(&mut got).unwrap();
+        let (body, _) = conclave_control::wire::client::split_frame(&got, 1 << 20)
+            .unwrap()
+            .expect("one whole frame");
+        match conclave_control::wire::client::decode_daemon(body).unwrap() {
+            DaemonFrame::Refused { code, reason } => {
+                assert_eq!(code, RefuseCode::BadHello, "{reason}");
+            }
+            other => panic!("tcp: expected BadHello, got {other:?}"),
+        }
+    });
+}
+
+#[test]
 fn length_over_the_maximum_is_too_large_and_closes() {
     let d = Daemon::start();
     let mut by = Bystander::new(&d);
@@ -167,7 +202,7 @@ fn bad_group_names_are_rejected_with_the_rule() {
     ] {
         by.counts("/counters/errors_by_code/BadGroupName", || {
             let mut b = Vec::new();
-            encode::join(&mut b, name);
+            encode::join(&mut b, 0, name);
             raw.send(&b);
             let (code, reason) = error_frame(&mut raw);
             assert_eq!(code, ErrorCode::BadGroupName, "{reason}");
@@ -191,7 +226,7 @@ fn leave_of_a_group_not_joined_and_double_join() {
     by.counts("/counters/errors_by_code/NotJoined", || {
         c.leave("never-joined").unwrap();
         let (code, reason) = expect_event(&mut c, "NotJoined", |ev| match ev {
-            Event::Error { code, reason } => Some((*code, reason.clone())),
+            Event::Error { code, reason, .. } => Some((*code, reason.clone())),
             _ => None,
         });
         assert_eq!(code, ErrorCode::NotJoined);
@@ -246,9 +281,10 @@ fn a_frame_split_across_writes_is_reassembled() {
     let d = Daemon::start();
     let (mut raw, pn) = Raw::hello(&d, "slowpoke");
     let mut b = Vec::new();
-    encode::join(&mut b, "bytewise");
+    encode::join(&mut b, 0, "bytewise");
     encode::multicast(
         &mut b,
+        0,
         Service::Agreed,
         3,
         ["bytewise"],

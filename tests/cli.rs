@@ -112,13 +112,39 @@ fn user_mode_runs_a_script_of_commands() {
 }
 
 #[test]
-fn status_pretty_prints_clients_groups_and_counters() {
+fn status_summarises_by_default_and_leaves_itself_out() {
     let d = Daemon::start();
     let mut member = d.client("watched");
     member.join("visible").unwrap();
     common::expect_own_view(&mut member, "visible");
     let out = Command::new(conclave_cli())
         .args(["--daemon", &socket_arg(&d), "status"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("daemon local (profile default)"), "{text}");
+    assert!(
+        text.contains("clients (1):\n  #watched#local over unix, in visible\n"),
+        "only the watched client, not the status tool: {text}"
+    );
+    assert!(text.contains("visible view "), "{text}");
+    assert!(text.contains("  clients_welcomed "), "{text}");
+    assert!(!text.contains(" 0\n"), "zero counters are left out: {text}");
+}
+
+#[test]
+fn status_json_pretty_prints_clients_groups_and_counters() {
+    let d = Daemon::start();
+    let mut member = d.client("watched");
+    member.join("visible").unwrap();
+    common::expect_own_view(&mut member, "visible");
+    let out = Command::new(conclave_cli())
+        .args(["--daemon", &socket_arg(&d), "status", "--json"])
         .output()
         .unwrap();
     assert!(
@@ -138,6 +164,8 @@ fn status_pretty_prints_clients_groups_and_counters() {
         v["counters"]["clients_welcomed"].as_u64().unwrap() >= 2,
         "{v}"
     );
+    let clients = v["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 1, "the status tool leaves itself out: {v}");
 }
 
 #[test]

@@ -56,3 +56,24 @@ fn demo_runs_to_completion_on_the_embedded_default_config() {
         "the daemon left its socket file behind"
     );
 }
+
+#[test]
+fn demo_uses_the_daemon_that_daemon_names() {
+    let mut d = common::Daemon::start();
+    let out = Command::new(conclave_cli())
+        .args(["--daemon", &format!("unix:{}", d.socket.display()), "demo"])
+        .output()
+        .expect("conclave demo runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Using the daemon at"), "{text}");
+    assert!(text.contains("Demo complete."), "{text}");
+    assert!(
+        d.running(),
+        "the demo leaves a daemon it did not start running"
+    );
+}

@@ -197,7 +197,7 @@ fn closed_groups_refuse_non_members() {
             .multicast(Service::Agreed, &[g], 0, b"let me in")
             .unwrap();
         let (code, reason) = expect_event(&mut outsider, "NotPermitted", |ev| match ev {
-            Event::Error { code, reason } => Some((*code, reason.clone())),
+            Event::Error { code, reason, .. } => Some((*code, reason.clone())),
             _ => None,
         });
         assert_eq!(code, ErrorCode::NotPermitted, "{reason}");

@@ -6,7 +6,7 @@
 //! check what serde cannot; every failure is a [`ConfigError`] naming the file, the key
 //! and the reason, so an operator can fix the file without reading code.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -195,7 +195,9 @@ impl GroupsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Which daemon of `daemons` this process is.
+    /// Which daemon of `daemons` this process is. May be left out of the file when the
+    /// command line names the daemon (`--name`), so that all daemons share one file.
+    #[serde(default)]
     pub me: String,
     /// The tuning profile: an embedded profile name or a path to a profile file.
     #[serde(default = "default_profile")]
@@ -228,16 +230,27 @@ impl Config {
 
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, &Overrides::default())
+    }
+
+    /// Reads a configuration file, applies the command line's overrides, then validates
+    /// the result (so `--name` stands in for a missing `me`).
+    pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(&file, "(file)", format!("cannot read: {e}")))?;
-        Self::parse(&text, &file)
+        Self::parse_with(&text, &file, overrides)
     }
 
     /// Parses and validates configuration text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
-        config.validate(file)?;
+        Self::parse_with(text, file, &Overrides::default())
+    }
+
+    /// Parses configuration text, applies overrides, validates; `file` names it in errors.
+    pub fn parse_with(text: &str, file: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+        config.apply_overrides(overrides, file)?;
         Ok(config)
     }
 
@@ -276,6 +289,13 @@ impl Config {
                     "port 0 is not allowed",
                 ));
             }
+        }
+        if self.me.is_empty() {
+            return Err(ConfigError::new(
+                file,
+                "me",
+                "missing: name this daemon with `me = \"...\"` or `--name`",
+            ));
         }
         if !seen.contains(self.me.as_str()) {
             return Err(ConfigError::new(
@@ -372,6 +392,35 @@ impl Config {
                         file,
                         key,
                         format!("rule {rule:?} is listed more than once"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that no two daemons share an address and ring port, or an address and
+    /// client port: they would steal each other's datagrams or fail to bind. Apart from
+    /// [`Config::validate`] because the ring itself refuses such a file only when it
+    /// starts, and parsing alone must keep accepting it for that check's tests.
+    pub fn check_endpoints(&self, file: &str) -> Result<(), ConfigError> {
+        let mut ring: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut client: HashMap<SocketAddr, usize> = HashMap::new();
+        for (i, d) in self.daemons.iter().enumerate() {
+            for (endpoints, port, k) in [
+                (&mut ring, d.ring_port, "ring_port"),
+                (&mut client, d.client_port, "client_port"),
+            ] {
+                let at = SocketAddr::new(d.address, port);
+                if let Some(first) = endpoints.insert(at, i) {
+                    return Err(ConfigError::new(
+                        file,
+                        format!("daemons[{i}].{k}"),
+                        format!(
+                            "{at} is already the {k} of daemons[{first}] ({:?}): two daemons \
+                             cannot share an address and port",
+                            self.daemons[first].name
+                        ),
                     ));
                 }
             }
@@ -557,6 +606,76 @@ fn default_idle_token_hold_us() -> u64 {
     1000
 }
 
+/// Declares a struct of optional fields mirroring some of a target's fields, and `apply`,
+/// which copies the ones that are set: a partial profile overrides its base key by key.
+macro_rules! patch {
+    ($(#[$m:meta])* struct $name:ident for $target:ty { $($(#[$fm:meta])* $field:ident: $ty:ty,)* } $($extra:tt)*) => {
+        $(#[$m])*
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $name {
+            $($(#[$fm])* #[serde(default)] $field: Option<$ty>,)*
+            $($extra)*
+        }
+
+        impl $name {
+            /// Sets the target's fields that this patch sets.
+            fn apply_fields(&self, target: &mut $target) {
+                $(if let Some(v) = &self.$field {
+                    target.$field = v.clone();
+                })*
+            }
+        }
+    };
+}
+
+patch! {
+    /// The `[ring]` table of a partial profile.
+    struct RingPatch for RingTuning {
+        token_timeout_ms: u64,
+        retransmit_timeout_ms: u64,
+        window_per_rotation: u32,
+        window_per_daemon: u32,
+        max_datagram_bytes: usize,
+        loss_percent: f64,
+        loss_seed: u64,
+        io_backend: crate::io::BackendChoice,
+        accelerated: bool,
+        idle_token_hold_us: u64,
+    }
+}
+
+patch! {
+    /// A partial profile: `base`, then any keys of [`Profile`] it changes.
+    struct ProfilePatch for Profile {
+        workers: usize,
+        pin_workers: bool,
+        read_chunk_bytes: usize,
+        reads_per_turn: usize,
+        poll_events: usize,
+        write_chunk_bytes: usize,
+        socket_send_buffer: usize,
+        socket_recv_buffer: usize,
+        client_queue_limit: usize,
+        client_pause_bytes: usize,
+        client_stall_ms: u64,
+        hello_timeout_ms: u64,
+    }
+    /// The embedded profile the others keys start from.
+    base: String,
+    #[serde(default)]
+    ring: Option<RingPatch>,
+}
+
+impl ProfilePatch {
+    fn apply(&self, profile: &mut Profile) {
+        self.apply_fields(profile);
+        if let Some(ring) = &self.ring {
+            ring.apply_fields(&mut profile.ring);
+        }
+    }
+}
+
 impl Profile {
     /// An embedded profile by name, or a profile file if `name` looks like a path.
     pub fn by_name(name: &str) -> Result<Self, ConfigError> {
@@ -584,8 +703,42 @@ impl Profile {
     }
 
     /// Parses and validates profile text; `file` names it in errors.
+    ///
+    /// A profile with `base = "NAME"` names an embedded profile and sets only the keys
+    /// it changes; without `base` it must set every key (a forgotten key is an error,
+    /// not a silent default).
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
-        let profile: Profile = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+        let profile = if table.contains_key("base") {
+            let patch: ProfilePatch =
+                toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+            let base = patch.base.as_str();
+            let Some((_, base_text)) = PROFILES.iter().find(|(n, _)| *n == base) else {
+                return Err(ConfigError::new(
+                    file,
+                    "base",
+                    format!(
+                        "unknown base profile {base:?}; embedded profiles are {}",
+                        profile_names()
+                    ),
+                ));
+            };
+            let mut profile: Profile = toml::from_str(base_text)
+                .map_err(|e| toml_error(base_text, &format!("tuning/{base}.toml"), &e))?;
+            patch.apply(&mut profile);
+            profile
+        } else {
+            toml::from_str(text).map_err(|e| {
+                let mut e = toml_error(text, file, &e);
+                if e.reason.starts_with("missing field") {
+                    e.reason.push_str(
+                        "; a profile lists every key, or names an embedded one to start \
+                         from with `base = \"default\"` and lists only the keys it changes",
+                    );
+                }
+                e
+            })?
+        };
         profile.validate(file)?;
         Ok(profile)
     }
@@ -714,6 +867,10 @@ fn toml_error(text: &str, file: &str, err: &toml::de::Error) -> ConfigError {
     };
     let start = span.start.min(text.len());
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    // Where, for an editor: 1-based line and column (in characters).
+    let line_no = text[..line_start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    let reason = format!("{reason} (line {line_no}, column {column})");
     let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
     let line = &text[line_start..line_end];
     let mut key = match line.split_once('=') {
@@ -730,7 +887,22 @@ fn toml_error(text: &str, file: &str, err: &toml::de::Error) -> ConfigError {
         .rev()
         .map(str::trim)
         .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(['[', ']']).trim().to_owned());
+        .map(|l| {
+            let name = l.trim_matches(['[', ']']).trim().to_owned();
+            if !l.starts_with("[[") {
+                return name;
+            }
+            // An array of tables: which entry, counted as its headers so far.
+            let index = text[..line_start]
+                .lines()
+                .filter(|h| {
+                    let h = h.trim();
+                    h.starts_with("[[") && h.trim_matches(['[', ']']).trim() == name
+                })
+                .count()
+                .saturating_sub(1);
+            format!("{name}[{index}]")
+        });
     if let Some(h) = header
         && !line.trim_start().starts_with('[')
     {
@@ -802,9 +974,68 @@ client_port = 5001
         assert_eq!(e.key, "clients.max_clientz");
         assert!(e.reason.contains("unknown field"), "{e}");
         let e = err(&format!("{ONE}colour = 1\n"));
-        assert_eq!(e.key, "daemons.colour");
+        assert_eq!(e.key, "daemons[0].colour");
         let e = err(&format!("{ONE}\n[clients]\nmax_clients = \"many\"\n"));
         assert_eq!(e.key, "clients.max_clients");
+    }
+
+    #[test]
+    fn type_errors_keep_the_array_index_and_syntax_errors_say_where() {
+        let second = format!(
+            "{ONE}[[daemons]]\nname = \"b\"\naddress = \"10.0.0.2\"\nring_port = \"x\"\nclient_port = 2\n"
+        );
+        let e = err(&second);
+        assert_eq!(e.key, "daemons[1].ring_port", "{e}");
+        // ONE starts with an empty line: the bad value is on line 11.
+        assert!(e.reason.contains("line 11, column 13"), "{e}");
+        let e = err("me = \"a\"\n[[daemons]\nname = \"a\"\n");
+        assert!(
+            e.reason.contains("line 2, column"),
+            "syntax error located: {e}"
+        );
+    }
+
+    #[test]
+    fn the_command_line_name_stands_in_for_a_missing_me() {
+        let shared = ONE.replacen("me = \"a\"", "", 1);
+        let e = err(&shared);
+        assert_eq!(e.key, "me");
+        assert!(e.reason.contains("--name"), "{e}");
+        let named = Overrides {
+            name: Some("a".into()),
+            ..Overrides::default()
+        };
+        let c = Config::parse_with(&shared, "t", &named).unwrap();
+        assert_eq!(c.me, "a");
+    }
+
+    #[test]
+    fn two_daemons_cannot_share_an_address_and_port() {
+        let same_ring = format!(
+            "{ONE}[[daemons]]\nname = \"b\"\naddress = \"127.0.0.1\"\nring_port = 5000\nclient_port = 6001\n"
+        );
+        let check = |text: &str| {
+            Config::parse(text, "t")
+                .unwrap()
+                .check_endpoints("t")
+                .expect_err("shared endpoint")
+        };
+        let e = check(&same_ring);
+        assert_eq!(e.key, "daemons[1].ring_port", "{e}");
+        assert!(e.reason.contains("127.0.0.1:5000"), "{e}");
+        let same_client = same_ring.replace(
+            "ring_port = 5000\nclient_port = 6001",
+            "ring_port = 6000\nclient_port = 5001",
+        );
+        assert_eq!(check(&same_client).key, "daemons[1].client_port");
+        // Another address is fine.
+        let other = format!(
+            "{ONE}[[daemons]]\nname = \"b\"\naddress = \"127.0.0.2\"\nring_port = 5000\nclient_port = 5001\n"
+        );
+        Config::parse(&other, "t")
+            .unwrap()
+            .check_endpoints("t")
+            .unwrap();
     }
 
     #[test]
@@ -876,6 +1107,32 @@ client_port = 5001
         };
         assert_eq!(all_closed.openness("lobby"), Openness::Open);
         assert_eq!(all_closed.openness("x"), Openness::Closed);
+    }
+
+    #[test]
+    fn a_partial_profile_overrides_a_few_keys_of_its_base() {
+        let p = Profile::parse(
+            "base = \"throughput\"\nworkers = 2\n[ring]\nloss_percent = 1.5\n",
+            "p.toml",
+        )
+        .unwrap();
+        let base = Profile::by_name("throughput").unwrap();
+        assert_eq!(p.workers, 2);
+        assert_eq!(p.ring.loss_percent, 1.5);
+        assert_eq!(p.read_chunk_bytes, base.read_chunk_bytes);
+        assert_eq!(p.ring.token_timeout_ms, base.ring.token_timeout_ms);
+        // Still strict: unknown keys, bad types, ranges and unknown bases are refused.
+        let e = Profile::parse("base = \"default\"\nworkerz = 2\n", "p").unwrap_err();
+        assert_eq!(e.key, "workerz", "{e}");
+        let e = Profile::parse("base = \"default\"\n[ring]\nloss_seed = \"x\"\n", "p").unwrap_err();
+        assert_eq!(e.key, "ring.loss_seed", "{e}");
+        let e = Profile::parse("base = \"default\"\nworkers = 0\n", "p").unwrap_err();
+        assert_eq!(e.key, "workers", "{e}");
+        let e = Profile::parse("base = \"fast\"\n", "p").unwrap_err();
+        assert_eq!(e.key, "base", "{e}");
+        // Without a base every key is needed, and the error says how to do less.
+        let e = Profile::parse("workers = 2\n", "p").unwrap_err();
+        assert!(e.reason.contains("base = "), "{e}");
     }
 
     #[test]

@@ -45,10 +45,12 @@ pub fn profile_text(base: &str, backend: Backend) -> String {
 /// Configuration text for daemons `names` with these ring ports, using `profile_path`.
 pub fn config_text(names: &[&str], ring_ports: &[u16], profile_path: &str) -> String {
     let mut s = format!("me = \"{}\"\nprofile = \"{profile_path}\"\n", names[0]);
-    for (name, port) in names.iter().zip(ring_ports) {
-        // client_port is overridden per process by --port; only validity matters here.
+    for (i, (name, port)) in names.iter().zip(ring_ports).enumerate() {
+        // client_port is overridden per process by --port; it need only be valid and
+        // distinct (daemons may not share an address and port).
         s.push_str(&format!(
-            "\n[[daemons]]\nname = \"{name}\"\naddress = \"127.0.0.1\"\nring_port = {port}\nclient_port = 4803\n"
+            "\n[[daemons]]\nname = \"{name}\"\naddress = \"127.0.0.1\"\nring_port = {port}\nclient_port = {}\n",
+            4803 + i
         ));
     }
     s

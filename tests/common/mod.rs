@@ -95,6 +95,12 @@ impl Daemon {
 
     /// Starts a daemon with an optional config text (written to a temp file) and extra args.
     pub fn start_with(config: Option<&str>, extra: &[&str]) -> Daemon {
+        Self::start_logged(config, extra, None)
+    }
+
+    /// As [`Daemon::start_with`]; with `rust_log`, stderr goes to a file (read with
+    /// [`Daemon::log`]) under that `RUST_LOG` filter.
+    pub fn start_logged(config: Option<&str>, extra: &[&str], rust_log: Option<&str>) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("d.sock");
         let port = free_port();
@@ -106,7 +112,10 @@ impl Daemon {
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if std::env::var_os("RUST_LOG").is_none() {
+        if let Some(filter) = rust_log {
+            let file = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
+            cmd.env("RUST_LOG", filter).stderr(file);
+        } else if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn");
         }
         if let Some(text) = config {
@@ -145,6 +154,18 @@ impl Daemon {
             }
         }
         d
+    }
+
+    /// What the daemon wrote to stderr so far (started with [`Daemon::start_logged`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The Unix socket address.

@@ -139,7 +139,7 @@ fn show(who: &str, event: &Event) {
             changed.join(", "),
             members.join(", ")
         ),
-        Event::Error { code, reason } => println!("    {who:<6} <- error {code:?}: {reason}"),
+        Event::Error { code, reason, .. } => println!("    {who:<6} <- error {code:?}: {reason}"),
         Event::Goodbye { reason } => println!("    {who:<6} <- goodbye: {reason}"),
         Event::Status { .. } => println!("    {who:<6} <- status document"),
     }
@@ -189,19 +189,29 @@ fn data_saying(text: &'static str) -> impl Fn(&Event) -> bool {
     move |e| matches!(e, Event::Data { payload, .. } if payload == text.as_bytes())
 }
 
-/// Runs the demo against the `conclaved` binary at `daemon_bin`.
-pub fn run(daemon_bin: &Path) -> Result<(), DemoError> {
-    println!("== Starting conclaved on its embedded default configuration");
-    let (mut daemon, ready) = DaemonProcess::start(daemon_bin)?;
-    println!("   {ready}");
-    let addr = conclave::DEFAULT_UNIX_SOCKET;
+/// Runs the demo against the `conclaved` binary at `daemon_bin`, which it starts on the
+/// embedded default configuration; or, given `existing`, against the daemon already
+/// running there (`conclave --daemon ADDR demo`), which it leaves running.
+pub fn run(daemon_bin: &Path, existing: Option<&conclave::Address>) -> Result<(), DemoError> {
+    let (mut daemon, unix, tcp) = match existing {
+        None => {
+            println!("== Starting conclaved on its embedded default configuration");
+            let (daemon, ready) = DaemonProcess::start(daemon_bin)?;
+            println!("   {ready}");
+            let unix = conclave::Address::Unix(conclave::DEFAULT_UNIX_SOCKET.into());
+            let tcp = conclave::Address::Tcp(conclave::DEFAULT_TCP.to_owned());
+            (Some(daemon), unix, tcp)
+        }
+        Some(addr) => {
+            println!("== Using the daemon at {addr} (it keeps running afterwards)");
+            (None, addr.clone(), addr.clone())
+        }
+    };
 
-    println!(
-        "\n== alice, bob and carol connect (alice and carol over the Unix socket, bob over TCP)"
-    );
-    let mut alice = Connection::connect_as(addr, "alice")?;
-    let mut bob = Connection::connect_as(conclave::DEFAULT_TCP, "bob")?;
-    let mut carol = Connection::connect_as(addr, "carol")?;
+    println!("\n== alice, bob and carol connect (alice and carol at {unix}, bob at {tcp})");
+    let mut alice = Connection::connect_as(unix.clone(), "alice")?;
+    let mut bob = Connection::connect_as(tcp, "bob")?;
+    let mut carol = Connection::connect_as(unix, "carol")?;
     for c in [&alice, &bob, &carol] {
         println!("   connected as {}", c.private_name());
     }
@@ -332,6 +342,12 @@ pub fn run(daemon_bin: &Path) -> Result<(), DemoError> {
         Err(_) => println!("   {status}"),
     }
 
+    let Some(daemon) = daemon.as_mut() else {
+        println!("\n== alice disconnects; the daemon is not ours to stop");
+        alice.disconnect()?;
+        println!("\nDemo complete.");
+        return Ok(());
+    };
     println!("\n== SIGTERM: the daemon says goodbye to its clients and exits");
     let status = daemon.terminate();
     expect("alice", &mut alice, "the daemon's goodbye", |e| {

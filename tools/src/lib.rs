@@ -6,8 +6,31 @@ pub mod demo;
 pub mod flood;
 pub mod keys_bench;
 pub mod ring_bench;
+pub mod status_view;
 
 use std::path::{Path, PathBuf};
+
+/// The exit codes of `conclaved`, `conclave` and `conclave-bench`, one table for all three
+/// (docs/exit-codes.md), so that scripts and service managers can tell failures apart.
+pub mod exit {
+    /// Success: the command did what was asked; `conclaved` stopped on SIGTERM/SIGINT;
+    /// `conclave user` ended on `q`, end of input, or the daemon's shutdown goodbye.
+    pub const OK: u8 = 0;
+    /// The request failed: refused by the daemon, an error, a goodbye other than the
+    /// daemon's shutdown, a flood that delivered or received nothing or not everything,
+    /// an invalid configuration (`conclaved`), a failed benchmark run.
+    pub const FAILED: u8 = 1;
+    /// Usage: bad arguments or a bad daemon address (clap also exits 2).
+    pub const USAGE: u8 = 2;
+    /// Lost: `conclave` saw its daemon close the connection without a goodbye (it
+    /// crashed or was killed) or could not reach it; `conclaved` could not start (socket
+    /// busy, address in use) or failed while running.
+    pub const LOST: u8 = 3;
+
+    /// The table in one line, for each binary's `--help`.
+    pub const HELP: &str = "Exit codes: 0 ok, 1 failed, 2 usage, 3 lost (daemon unreachable, gone without a \
+         goodbye, or unable to start); see docs/exit-codes.md";
+}
 
 use conclave::{Address, DEFAULT_TCP, DEFAULT_UNIX_SOCKET};
 

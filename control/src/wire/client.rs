@@ -11,7 +11,13 @@ use thiserror::Error;
 use super::names::{self, NameError};
 
 /// The protocol version this build speaks; a hello with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2 added the client-chosen request id to Join, Leave, Multicast and
+/// StatusRequest, echoed in the Error that answers one of them.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Longest reason text a daemon frame carries; longer ones (a reason quoting a client's
+/// 60 KB group name) are cut at a character boundary rather than refused.
+pub const MAX_REASON_LEN: usize = 1024;
 
 /// Bytes that open every hello, so that a stray connection is refused at once.
 pub const HELLO_MAGIC: [u8; 4] = *b"CNCL";
@@ -28,6 +34,12 @@ pub const MAX_TARGET_GROUPS: usize = 255;
 /// Room a frame needs beyond its payload: kind, header fields and a full group list.
 pub const FRAME_OVERHEAD_MAX: usize =
     1 + 64 + MAX_TARGET_GROUPS * (2 + names::MAX_GROUP_NAME_LEN) + 2 * (2 + 64);
+
+/// The largest frame a daemon reads before the hello: kind, magic, version and a name
+/// far longer than any allowed one (so a long name still gets `BadName`). A longer first
+/// frame is garbage (an HTTP request's `GET ` reads as a length of 540 MB) and is
+/// refused with `BadHello`.
+pub const HELLO_FRAME_MAX: usize = 1 + 4 + 2 + 2 + 1024;
 
 /// The largest frame (after the length prefix) allowed for a given maximum payload.
 pub fn max_frame_len(max_payload: usize) -> usize {
@@ -207,10 +219,14 @@ pub enum ErrorCode {
     UnexpectedFrame = 8,
     /// The client joined as many groups as the daemon allows.
     TooManyGroups = 9,
+    /// A multicast reached nobody: none of its target groups has a member (nothing was
+    /// delivered).
+    NoRecipients = 10,
 }
 
 impl ErrorCode {
-    fn from_u16(value: u16) -> Result<Self, WireError> {
+    /// The code of a `u16` read from the wire or an ordered event.
+    pub fn from_u16(value: u16) -> Result<Self, WireError> {
         Ok(match value {
             1 => Self::MalformedFrame,
             2 => Self::BadGroupName,
@@ -221,6 +237,7 @@ impl ErrorCode {
             7 => Self::UnknownRecipient,
             8 => Self::UnexpectedFrame,
             9 => Self::TooManyGroups,
+            10 => Self::NoRecipients,
             other => return Err(WireError::BadField("error code", u32::from(other))),
         })
     }
@@ -358,16 +375,22 @@ pub enum ClientFrame<'a> {
     },
     /// Join a group by name (created on first join).
     Join {
+        /// The client's id for this request, echoed in an Error that answers it.
+        request: u32,
         /// The group.
         group: &'a str,
     },
     /// Leave a joined group.
     Leave {
+        /// The client's id for this request, echoed in an Error that answers it.
+        request: u32,
         /// The group.
         group: &'a str,
     },
     /// Send a message to one or more groups or private names.
     Multicast {
+        /// The client's id for this request, echoed in an Error that answers it.
+        request: u32,
         /// Delivery service.
         service: Service,
         /// Application-defined message type.
@@ -380,7 +403,40 @@ pub enum ClientFrame<'a> {
     /// Orderly goodbye; the daemon closes the connection after it.
     Disconnect,
     /// Ask for the daemon's status (clients, groups, counters) as JSON.
-    StatusRequest,
+    StatusRequest {
+        /// The client's id for this request, echoed in an Error that answers it.
+        request: u32,
+    },
+}
+
+impl ClientFrame<'_> {
+    /// The client's request id, for the frames that carry one.
+    pub fn request(&self) -> Option<u32> {
+        match self {
+            ClientFrame::Join { request, .. }
+            | ClientFrame::Leave { request, .. }
+            | ClientFrame::Multicast { request, .. }
+            | ClientFrame::StatusRequest { request } => Some(*request),
+            ClientFrame::Hello { .. } | ClientFrame::Disconnect => None,
+        }
+    }
+}
+
+/// The request id of a client frame body that may not decode: read from the bytes after
+/// the kind of a request kind, else 0. An Error answering a malformed request can still
+/// name it when its id was readable.
+pub fn request_id_of(body: &[u8]) -> u32 {
+    match body {
+        [
+            kind::JOIN | kind::LEAVE | kind::MULTICAST | kind::STATUS_REQUEST,
+            a,
+            b,
+            c,
+            d,
+            ..,
+        ] => u32::from_le_bytes([*a, *b, *c, *d]),
+        _ => 0,
+    }
 }
 
 /// A frame the daemon sends to a client.
@@ -434,6 +490,8 @@ pub enum DaemonFrame<'a> {
     },
     /// A request was rejected; the connection stays up.
     Error {
+        /// The id of the request this answers (0 when none could be read).
+        request: u32,
         /// Why.
         code: ErrorCode,
         /// Human-readable detail, naming the group or field at fault.
@@ -519,12 +577,15 @@ pub fn decode_client(body: &[u8]) -> Result<ClientFrame<'_>, WireError> {
             ClientFrame::Hello { version, name }
         }
         kind::JOIN => ClientFrame::Join {
+            request: r.u32("request id")?,
             group: r.str("group")?,
         },
         kind::LEAVE => ClientFrame::Leave {
+            request: r.u32("request id")?,
             group: r.str("group")?,
         },
         kind::MULTICAST => {
+            let request = r.u32("request id")?;
             let service = Service::from_u8(r.u8("service")?)?;
             let msg_type = r.u16("message type")?;
             let groups = r.group_list()?;
@@ -533,6 +594,7 @@ pub fn decode_client(body: &[u8]) -> Result<ClientFrame<'_>, WireError> {
             }
             let payload = r.payload()?;
             ClientFrame::Multicast {
+                request,
                 service,
                 msg_type,
                 groups,
@@ -540,7 +602,9 @@ pub fn decode_client(body: &[u8]) -> Result<ClientFrame<'_>, WireError> {
             }
         }
         kind::DISCONNECT => ClientFrame::Disconnect,
-        kind::STATUS_REQUEST => ClientFrame::StatusRequest,
+        kind::STATUS_REQUEST => ClientFrame::StatusRequest {
+            request: r.u32("request id")?,
+        },
         other => return Err(WireError::UnknownKind(other)),
     };
     r.finish()?;
@@ -595,6 +659,7 @@ pub fn decode_daemon(body: &[u8]) -> Result<DaemonFrame<'_>, WireError> {
             }
         }
         kind::ERROR => DaemonFrame::Error {
+            request: r.u32("request id")?,
             code: ErrorCode::from_u16(r.u16("error code")?)?,
             reason: r.str("reason")?,
         },
@@ -666,15 +731,17 @@ pub mod encode {
     }
 
     /// `Join`.
-    pub fn join(out: &mut Vec<u8>, group: &str) {
+    pub fn join(out: &mut Vec<u8>, request: u32, group: &str) {
         let at = begin(out, kind::JOIN);
+        out.extend_from_slice(&request.to_le_bytes());
         put_str(out, group);
         end(out, at);
     }
 
     /// `Leave`.
-    pub fn leave(out: &mut Vec<u8>, group: &str) {
+    pub fn leave(out: &mut Vec<u8>, request: u32, group: &str) {
         let at = begin(out, kind::LEAVE);
+        out.extend_from_slice(&request.to_le_bytes());
         put_str(out, group);
         end(out, at);
     }
@@ -682,12 +749,14 @@ pub mod encode {
     /// `Multicast`.
     pub fn multicast<'s>(
         out: &mut Vec<u8>,
+        request: u32,
         service: Service,
         msg_type: u16,
         groups: impl IntoIterator<Item = &'s str>,
         payload: &[u8],
     ) {
         let at = begin(out, kind::MULTICAST);
+        out.extend_from_slice(&request.to_le_bytes());
         out.push(service as u8);
         out.extend_from_slice(&msg_type.to_le_bytes());
         put_names(out, groups);
@@ -702,8 +771,9 @@ pub mod encode {
     }
 
     /// `StatusRequest`.
-    pub fn status_request(out: &mut Vec<u8>) {
+    pub fn status_request(out: &mut Vec<u8>, request: u32) {
         let at = begin(out, kind::STATUS_REQUEST);
+        out.extend_from_slice(&request.to_le_bytes());
         end(out, at);
     }
 
@@ -721,8 +791,20 @@ pub mod encode {
     pub fn refused(out: &mut Vec<u8>, code: RefuseCode, reason: &str) {
         let at = begin(out, kind::REFUSED);
         out.extend_from_slice(&(code as u16).to_le_bytes());
-        put_str(out, reason);
+        put_str(out, clip(reason));
         end(out, at);
+    }
+
+    /// `reason` cut to [`MAX_REASON_LEN`] bytes at a character boundary.
+    fn clip(reason: &str) -> &str {
+        if reason.len() <= MAX_REASON_LEN {
+            return reason;
+        }
+        let mut end = MAX_REASON_LEN;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        &reason[..end]
     }
 
     /// `Data`, forwarding a group list exactly as the sender encoded it.
@@ -792,11 +874,12 @@ pub mod encode {
         end(out, at);
     }
 
-    /// `Error`.
-    pub fn error(out: &mut Vec<u8>, code: ErrorCode, reason: &str) {
+    /// `Error` answering request `request` (0: none).
+    pub fn error(out: &mut Vec<u8>, request: u32, code: ErrorCode, reason: &str) {
         let at = begin(out, kind::ERROR);
+        out.extend_from_slice(&request.to_le_bytes());
         out.extend_from_slice(&(code as u16).to_le_bytes());
-        put_str(out, reason);
+        put_str(out, clip(reason));
         end(out, at);
     }
 
@@ -810,7 +893,7 @@ pub mod encode {
     /// `Goodbye`.
     pub fn goodbye(out: &mut Vec<u8>, reason: &str) {
         let at = begin(out, kind::GOODBYE);
-        put_str(out, reason);
+        put_str(out, clip(reason));
         end(out, at);
     }
 }
@@ -937,14 +1020,16 @@ mod tests {
         assert_eq!(
             one_client(&b),
             ClientFrame::Hello {
-                version: 1,
+                version: 2,
                 name: "alice"
             }
         );
         b.clear();
-        encode::multicast(&mut b, Service::Safe, 7, ["g1", "g2"], b"hi");
+        encode::multicast(&mut b, 41, Service::Safe, 7, ["g1", "g2"], b"hi");
+        assert_eq!(request_id_of(&b[LEN_PREFIX..]), 41);
         match one_client(&b) {
             ClientFrame::Multicast {
+                request: 41,
                 service,
                 msg_type,
                 groups,
@@ -988,7 +1073,7 @@ mod tests {
         }
         b.clear();
         let mut src = Vec::new();
-        encode::multicast(&mut src, Service::Fifo, 1, ["x"], b"payload");
+        encode::multicast(&mut src, 0, Service::Fifo, 1, ["x"], b"payload");
         let (body, _) = split_frame(&src, 1 << 20).unwrap().unwrap();
         let ClientFrame::Multicast { groups, .. } = decode_client(body).unwrap() else {
             panic!("not a multicast")
@@ -1012,7 +1097,7 @@ mod tests {
     #[test]
     fn partial_frames_wait_and_every_truncation_is_an_error() {
         let mut b = Vec::new();
-        encode::multicast(&mut b, Service::Agreed, 0, ["group"], b"0123456789");
+        encode::multicast(&mut b, 0, Service::Agreed, 0, ["group"], b"0123456789");
         for cut in 0..b.len() {
             assert_eq!(split_frame(&b[..cut], 1 << 20), Ok(None), "cut at {cut}");
         }
@@ -1025,7 +1110,7 @@ mod tests {
     #[test]
     fn oversize_and_junk_are_refused() {
         let mut b = Vec::new();
-        encode::multicast(&mut b, Service::Agreed, 0, ["g"], &[0u8; 100]);
+        encode::multicast(&mut b, 0, Service::Agreed, 0, ["g"], &[0u8; 100]);
         assert!(matches!(
             split_frame(&b, 50),
             Err(WireError::FrameTooLong { .. })
@@ -1036,7 +1121,7 @@ mod tests {
             Err(WireError::BadMagic)
         );
         let mut trailing = Vec::new();
-        encode::join(&mut trailing, "g");
+        encode::join(&mut trailing, 0, "g");
         trailing.push(0);
         assert_eq!(
             decode_client(&trailing[LEN_PREFIX..]),

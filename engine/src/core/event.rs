@@ -56,6 +56,18 @@ pub enum Event<'a> {
         /// The message body.
         payload: &'a [u8],
     },
+    /// A request of the client that its daemon refused before ordering (a bad group
+    /// name, a payload over the limit, a malformed frame). It is ordered anyway so that
+    /// the Error answering it reaches the client after the effects of the client's earlier
+    /// requests, as the protocol promises; it changes nothing.
+    Reject {
+        /// The client.
+        client: &'a str,
+        /// The error code sent to the client (`ErrorCode` as `u16`).
+        code: u16,
+        /// Why, as the client will read it.
+        reason: &'a str,
+    },
     /// One daemon's part of the state exchange after a daemon configuration change that
     /// merged configurations or brought back a restarted daemon: its clients, each with
     /// its groups in join order (see `GroupTable::merge`). Not a client's request.
@@ -204,6 +216,17 @@ mod tag {
     pub const DISCONNECT: u8 = 4;
     pub const DATA: u8 = 5;
     pub const STATE: u8 = 6;
+    pub const REJECT: u8 = 7;
+}
+
+/// A reason cut to the client protocol's limit at a character boundary, so that its
+/// length always fits the `u16` of [`put_str`].
+fn clip(reason: &str) -> &str {
+    let mut end = reason.len().min(client::MAX_REASON_LEN);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -345,7 +368,18 @@ impl<'a> Event<'a> {
             } => {
                 out.push(tag::DATA);
                 put_str(out, sender);
-                encode::multicast(out, service, msg_type, groups, payload);
+                // The request id stays with the sender's daemon (answers are local).
+                encode::multicast(out, 0, service, msg_type, groups, payload);
+            }
+            Event::Reject {
+                client,
+                code,
+                reason,
+            } => {
+                out.push(tag::REJECT);
+                put_str(out, client);
+                out.extend_from_slice(&code.to_le_bytes());
+                put_str(out, clip(reason));
             }
             Event::State { daemon, clients } => {
                 out.push(tag::STATE);
@@ -391,6 +425,7 @@ impl<'a> Event<'a> {
                         msg_type,
                         groups,
                         payload,
+                        ..
                     } => Event::Data {
                         sender,
                         service,
@@ -399,6 +434,15 @@ impl<'a> Event<'a> {
                         payload,
                     },
                     _ => return Err(EventError::Multicast(WireError::BadField("event frame", 0))),
+                }
+            }
+            tag::REJECT => {
+                let client = take_str(&mut body, "client")?;
+                let code = take(&mut body, 2, "error code")?;
+                Event::Reject {
+                    client,
+                    code: u16::from_le_bytes([code[0], code[1]]),
+                    reason: take_str(&mut body, "reason")?,
                 }
             }
             tag::STATE => take_state(&mut body)?,
@@ -416,7 +460,8 @@ impl<'a> Event<'a> {
             Event::Connect { client }
             | Event::Join { client, .. }
             | Event::Leave { client, .. }
-            | Event::Disconnect { client } => client,
+            | Event::Disconnect { client }
+            | Event::Reject { client, .. } => client,
             Event::Data { sender, .. } => sender,
             Event::State { daemon, .. } => daemon,
         }
@@ -427,7 +472,7 @@ impl<'a> Event<'a> {
 /// daemon's hot path forwards the list it decoded).
 pub fn group_list_bytes<'s>(names: impl IntoIterator<Item = &'s str>) -> Vec<u8> {
     let mut frame = Vec::new();
-    encode::multicast(&mut frame, Service::Reliable, 0, names, &[]);
+    encode::multicast(&mut frame, 0, Service::Reliable, 0, names, &[]);
     frame
 }
 
@@ -451,6 +496,11 @@ mod tests {
         let groups = group_list_of(&list).unwrap();
         let events = [
             Event::Connect { client: "#a#d" },
+            Event::Reject {
+                client: "#a#d",
+                code: 2,
+                reason: "bad group name",
+            },
             Event::Join {
                 client: "#a#d",
                 group: "g1",

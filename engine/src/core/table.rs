@@ -28,6 +28,28 @@ pub type LocalId = u32;
 pub trait Outbox {
     /// The output buffer of local client `id`, or `None` when it is gone.
     fn out(&mut self, id: LocalId) -> Option<&mut Vec<u8>>;
+
+    /// The id the client chose for its oldest request not yet applied (0 if unknown):
+    /// an Error that the table writes answers that request. Request ids never leave the
+    /// client's daemon; the per-sender order of events lets the runtime keep them in a
+    /// queue beside the session.
+    fn request(&mut self, id: LocalId) -> u32 {
+        let _ = id;
+        0
+    }
+
+    /// The oldest request of local client `id` has been applied (answered or not).
+    fn done(&mut self, id: LocalId) {
+        let _ = id;
+    }
+
+    /// The Connect of local client `id` has been applied: it is in the order, so every
+    /// daemon knows its private name before anything ordered later. The runtime sends
+    /// the client's Welcome now, so that a name a client hands out can be addressed at
+    /// once (protocol rule 2).
+    fn connected(&mut self, id: LocalId) {
+        let _ = id;
+    }
 }
 
 /// Limits and policy the table enforces; the same at every daemon (from the shared config).
@@ -57,6 +79,9 @@ pub struct TableStats {
     pub notifications: u64,
     /// Error frames written, indexed by `ErrorCode as usize`.
     pub errors: [u64; 16],
+    /// Data events that reached nobody (every target group empty), each one counted;
+    /// the sender hears of the first of a run ([`ErrorCode::NoRecipients`]).
+    pub undeliverable: u64,
     /// `State` events given to `apply` (outside a merge), ignored.
     pub stray_states: u64,
     /// `Connect` events of clients of a daemon that left, applied between a transitional
@@ -73,6 +98,10 @@ struct Client {
     local: Option<LocalId>,
     /// Groups in join order (the order a disconnect leaves them in).
     groups: Vec<GroupIdx>,
+    /// The client's last multicast reached nobody and it was told so: the next ones
+    /// that reach nobody are only counted, so a sender that never reads (publishing in
+    /// case someone listens) is not cut off as a slow consumer by its own errors.
+    told_undeliverable: bool,
 }
 
 #[derive(Debug)]
@@ -230,8 +259,22 @@ impl GroupTable {
     /// which [`GroupTable::merge`] takes.
     pub fn apply(&mut self, event: &Event<'_>, out: &mut dyn Outbox) {
         self.stats.events += 1;
+        // A client's request: its queue of request ids moves on once it is applied.
+        let requester = match *event {
+            Event::Join { client, .. }
+            | Event::Leave { client, .. }
+            | Event::Reject { client, .. }
+            | Event::Data { sender: client, .. } => self.local_of(client),
+            Event::Connect { .. } | Event::Disconnect { .. } | Event::State { .. } => None,
+        };
         match *event {
-            Event::Connect { client } => self.connect(client),
+            Event::Connect { client } => {
+                self.connect(client);
+                // Even when the Connect changed nothing here: the client waits for it.
+                if let Some(&id) = self.local_ids.get(client) {
+                    out.connected(id);
+                }
+            }
             Event::Join { client, group } => self.join(client, group, out),
             Event::Leave { client, group } => self.leave(client, group, out),
             Event::Disconnect { client } => self.disconnect(client, out),
@@ -243,6 +286,17 @@ impl GroupTable {
                 payload,
             } => self.data(sender, service, msg_type, groups, payload, out),
             Event::State { .. } => self.stats.stray_states += 1,
+            Event::Reject {
+                client,
+                code,
+                reason,
+            } => {
+                let code = ErrorCode::from_u16(code).unwrap_or(ErrorCode::MalformedFrame);
+                self.error(client, code, reason, out);
+            }
+        }
+        if let Some(id) = requester {
+            out.done(id);
         }
     }
 
@@ -270,8 +324,9 @@ impl GroupTable {
         let Some(id) = self.local_of(client) else {
             return;
         };
+        let request = out.request(id);
         if let Some(buf) = out.out(id) {
-            encode::error(buf, code, reason);
+            encode::error(buf, request, code, reason);
             self.stats.errors[code as usize] += 1;
         }
     }
@@ -293,6 +348,7 @@ impl GroupTable {
             name: name.into(),
             local: self.local_ids.get(name).copied(),
             groups: Vec::new(),
+            told_undeliverable: false,
         };
         let idx = insert_slot(&mut self.clients, &mut self.free_clients, entry);
         self.by_name.insert(name.into(), idx);
@@ -566,6 +622,36 @@ impl GroupTable {
         self.stats.messages += 1;
         if let Err((code, reason)) = self.check_targets(sender, groups) {
             return self.error(sender, code, &reason, out);
+        }
+        // Nobody anywhere to deliver to: say so, so a sender cannot mistake silence for
+        // delivery (every daemon holds the same table, so all agree; only the sender's
+        // daemon writes the error).
+        let reaches_someone = groups.iter().any(|t| {
+            names::is_private_name(t)
+                || self
+                    .groups_by_name
+                    .get(t)
+                    .and_then(|&g| self.groups[g as usize].as_ref())
+                    .is_some_and(|gr| !gr.members.is_empty())
+        });
+        let told = self
+            .by_name
+            .get(sender)
+            .and_then(|&c| self.clients.get_mut(c as usize))
+            .and_then(Option::as_mut)
+            .map(|c| std::mem::replace(&mut c.told_undeliverable, !reaches_someone));
+        if !reaches_someone {
+            self.stats.undeliverable += 1;
+            if told == Some(true) {
+                return;
+            }
+            let targets: Vec<&str> = groups.iter().collect();
+            let reason = format!(
+                "no member in {}; message not delivered (later ones that reach nobody \
+                 are only counted, until one reaches someone)",
+                targets.join(", ")
+            );
+            return self.error(sender, ErrorCode::NoRecipients, &reason, out);
         }
         let mut write = |stats: &mut TableStats, id: LocalId| {
             if let Some(buf) = out.out(id) {
@@ -885,10 +971,18 @@ mod tests {
         );
         assert!(w.boxes.take(3).is_empty());
         assert!(w.boxes.take(1).is_empty());
-        // A group nobody joined swallows the message without error.
+        // A group nobody joined: the sender hears of the first undeliverable multicast
+        // of a run, and every one is counted.
         w.send("#c#d", &["empty"], b"m3");
-        assert!(w.boxes.take(3).is_empty());
-        assert_eq!(w.table.stats().deliveries, 3);
+        assert_eq!(w.boxes.take(3), [Seen::Error(ErrorCode::NoRecipients)]);
+        w.send("#c#d", &["empty"], b"m4");
+        assert!(w.boxes.take(3).is_empty(), "told once per run");
+        w.send("#c#d", &["y"], b"m5");
+        w.boxes.take(2);
+        w.send("#c#d", &["empty"], b"m6");
+        assert_eq!(w.boxes.take(3), [Seen::Error(ErrorCode::NoRecipients)]);
+        assert_eq!(w.table.stats().undeliverable, 3);
+        assert_eq!(w.table.stats().deliveries, 4);
     }
 
     #[test]

@@ -311,6 +311,7 @@ impl Daemon {
                 sockets: sockets_tx,
                 published: published.clone(),
                 clients: Default::default(),
+                pending: Default::default(),
             });
             let link = shard::OrderLink {
                 out: shard::Outgoing::new(up, waker.clone()),

@@ -2,6 +2,7 @@
 //! output queue of encoded frames. Buffers live as long as the session and are reused, so
 //! steady traffic allocates nothing.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
@@ -22,6 +23,23 @@ impl Stream {
         match self {
             Stream::Unix(_) => "unix",
             Stream::Tcp(_) => "tcp",
+        }
+    }
+
+    /// Who is on the other end, for log lines: the TCP peer's address, or the Unix
+    /// peer's socket path (clients' sockets are usually unnamed).
+    pub(crate) fn peer(&self) -> String {
+        match self {
+            Stream::Tcp(s) => s
+                .peer_addr()
+                .map_or_else(|e| format!("tcp:?({e})"), |a| a.to_string()),
+            Stream::Unix(s) => match s.peer_addr() {
+                Ok(a) => a.as_pathname().map_or_else(
+                    || "unix:unnamed".to_owned(),
+                    |p| format!("unix:{}", p.display()),
+                ),
+                Err(e) => format!("unix:?({e})"),
+            },
         }
     }
 
@@ -149,6 +167,19 @@ pub(crate) struct Session {
     pub(crate) fin_sent: bool,
     /// While closing: the peer closed its side.
     pub(crate) peer_closed: bool,
+    /// Epoll reported the peer's close (or an error) with some edge. The close may have
+    /// come in the same edge as the last data, so a short read no longer proves that
+    /// nothing is left to learn: only a read of 0 (or an error) does. Without this, a
+    /// client that wrote and closed at once kept its slot and name for good.
+    pub(crate) hup_seen: bool,
+    /// The peer's address, read once at accept (it cannot be read after a reset).
+    pub(crate) peer: Box<str>,
+    /// Ids of this client's requests submitted for ordering and not yet applied, oldest
+    /// first (kept on worker 0 only: the table answers there).
+    pub(crate) pending: VecDeque<u32>,
+    /// The encoded Welcome, held until the client's Connect has been ordered (then its
+    /// private name is known at every daemon).
+    pub(crate) welcome: Option<Vec<u8>>,
 }
 
 /// First size of a session's read buffer; it grows (to the profile's read chunk, or to
@@ -162,6 +193,7 @@ const KEEP_WRITE_CAPACITY: usize = 8 << 20;
 impl Session {
     pub(crate) fn new(stream: Stream) -> Self {
         Self {
+            peer: stream.peer().into(),
             stream,
             rbuf: vec![0; INITIAL_READ_BUFFER],
             rlen: 0,
@@ -177,6 +209,9 @@ impl Session {
             accepted: Instant::now(),
             fin_sent: false,
             peer_closed: false,
+            hup_seen: false,
+            pending: VecDeque::new(),
+            welcome: None,
         }
     }
 

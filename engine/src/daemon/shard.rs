@@ -99,12 +99,14 @@ mod up {
     pub const UNBIND: u8 = 2;
     pub const EVENT: u8 = 3;
     pub const STATUS: u8 = 4;
+    pub const REQUEST: u8 = 5;
 }
 
 /// Record tags of worker 0's batch to a session worker.
 mod down {
     pub const OUTPUT: u8 = 1;
     pub const FREED: u8 = 2;
+    pub const WELCOME: u8 = 3;
 }
 
 /// One record of a session worker's batch (slots are the sender's).
@@ -122,6 +124,9 @@ pub(crate) enum Up<'a> {
     Event(Event<'a>),
     /// The client in `slot` asked for the status report.
     Status { slot: LocalId },
+    /// The next [`Up::Event`] is the request of the client in `slot` that it numbered
+    /// `request` (echoed in an Error that answers it).
+    Request { slot: LocalId, request: u32 },
 }
 
 /// One record of worker 0's batch to a session worker.
@@ -131,6 +136,8 @@ pub(crate) enum Down<'a> {
     Output { slot: LocalId, frames: &'a [u8] },
     /// The slot is unbound in the table and may be reused.
     Freed { slot: LocalId },
+    /// The client's Connect has been ordered: send it the Welcome held for it.
+    Welcome { slot: LocalId },
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
@@ -188,6 +195,11 @@ pub(crate) fn put_up(out: &mut Vec<u8>, record: &Up<'_>) {
             out.push(up::STATUS);
             put_u32(out, *slot);
         }
+        Up::Request { slot, request } => {
+            out.push(up::REQUEST);
+            put_u32(out, *slot);
+            put_u32(out, *request);
+        }
     }
 }
 
@@ -221,6 +233,11 @@ pub(crate) fn next_up<'a>(buf: &mut &'a [u8]) -> Option<Result<Up<'a>, ()>> {
             Err(_) => None,
         },
         up::STATUS => take_u32(&mut rest).map(|slot| Up::Status { slot }),
+        up::REQUEST => (|| {
+            let slot = take_u32(&mut rest)?;
+            let request = take_u32(&mut rest)?;
+            Some(Up::Request { slot, request })
+        })(),
         _ => None,
     };
     *buf = rest;
@@ -238,6 +255,7 @@ pub(crate) fn next_down<'a>(buf: &mut &'a [u8]) -> Option<Result<Down<'a>, ()>> 
             Some(Down::Output { slot, frames })
         })(),
         down::FREED => take_u32(&mut rest).map(|slot| Down::Freed { slot }),
+        down::WELCOME => take_u32(&mut rest).map(|slot| Down::Welcome { slot }),
         _ => None,
     };
     *buf = rest;
@@ -329,6 +347,14 @@ impl Outgoing {
         put_u32(&mut self.batch, slot);
     }
 
+    /// Appends a [`Down::Welcome`] (after the frames already batched for the slot, so
+    /// the order of the client's stream is the order of the table's output).
+    pub(crate) fn welcome(&mut self, slot: LocalId) {
+        self.close_open();
+        self.batch.push(down::WELCOME);
+        put_u32(&mut self.batch, slot);
+    }
+
     /// Appends an [`Up`] record.
     pub(crate) fn up(&mut self, record: &Up<'_>) {
         self.close_open();
@@ -384,6 +410,8 @@ pub(crate) struct Peer {
     pub published: Arc<Mutex<Published>>,
     /// Clients of the peer bound in the table: by slot, name and transport (for status).
     pub clients: std::collections::HashMap<LocalId, (Box<str>, &'static str)>,
+    /// Per slot, the ids of requests submitted and not yet applied, oldest first.
+    pub pending: std::collections::HashMap<LocalId, std::collections::VecDeque<u32>>,
 }
 
 /// A session worker's end of worker 0.
@@ -405,6 +433,44 @@ pub(crate) struct Route<'a, O: Outbox> {
 }
 
 impl<O: Outbox> Outbox for Route<'_, O> {
+    fn connected(&mut self, id: LocalId) {
+        let (worker, slot) = split(id);
+        if worker == 0 {
+            return self.own.connected(slot);
+        }
+        if let Some(peer) = self.peers.get_mut(worker - 1)
+            && peer.clients.contains_key(&slot)
+        {
+            peer.out.welcome(slot);
+        }
+    }
+
+    fn request(&mut self, id: LocalId) -> u32 {
+        let (worker, slot) = split(id);
+        if worker == 0 {
+            return self.own.request(slot);
+        }
+        self.peers
+            .get(worker - 1)
+            .and_then(|p| p.pending.get(&slot))
+            .and_then(|q| q.front().copied())
+            .unwrap_or(0)
+    }
+
+    fn done(&mut self, id: LocalId) {
+        let (worker, slot) = split(id);
+        if worker == 0 {
+            return self.own.done(slot);
+        }
+        if let Some(q) = self
+            .peers
+            .get_mut(worker - 1)
+            .and_then(|p| p.pending.get_mut(&slot))
+        {
+            q.pop_front();
+        }
+    }
+
     fn out(&mut self, id: LocalId) -> Option<&mut Vec<u8>> {
         let (worker, slot) = split(id);
         if worker == 0 {
@@ -439,6 +505,7 @@ mod tests {
         let mut frame = Vec::new();
         conclave_control::wire::client::encode::multicast(
             &mut frame,
+            0,
             Service::Safe,
             3,
             ["g"],
@@ -471,6 +538,10 @@ mod tests {
                 payload: b"hi",
             }),
             Up::Status { slot: 4 },
+            Up::Request {
+                slot: 4,
+                request: 77,
+            },
             Up::Unbind {
                 slot: 4,
                 name: "#a#d",

@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 use crate::core::TableStats;
 
 /// Every error code, for reporting counters by name.
-pub(crate) const ERROR_CODES: [ErrorCode; 9] = [
+pub(crate) const ERROR_CODES: [ErrorCode; 10] = [
     ErrorCode::MalformedFrame,
     ErrorCode::BadGroupName,
     ErrorCode::NotJoined,
@@ -16,6 +16,7 @@ pub(crate) const ERROR_CODES: [ErrorCode; 9] = [
     ErrorCode::UnknownRecipient,
     ErrorCode::UnexpectedFrame,
     ErrorCode::TooManyGroups,
+    ErrorCode::NoRecipients,
 ];
 
 /// Every refusal code.
@@ -166,6 +167,7 @@ pub(crate) fn render(
             "events_ordered": events_ordered,
             "messages": t.messages,
             "messages_delivered": t.deliveries,
+            "messages_undeliverable": t.undeliverable,
             "payload_bytes_delivered": t.delivered_bytes,
             "membership_notifications": t.notifications,
             "errors": total_errors,

@@ -139,7 +139,7 @@ impl Client {
                         reason,
                         members.iter().map(String::from).collect(),
                     ),
-                    DaemonFrame::Error { code, reason } => Got::Error(code, reason.into()),
+                    DaemonFrame::Error { code, reason, .. } => Got::Error(code, reason.into()),
                     DaemonFrame::Status { json } => {
                         Got::Status(serde_json::from_str(json).unwrap())
                     }
@@ -164,7 +164,7 @@ impl Client {
     }
 
     fn status(&mut self) -> serde_json::Value {
-        self.send(encode::status_request);
+        self.send(|w| encode::status_request(w, 0));
         loop {
             if let Got::Status(v) = self.next() {
                 return v;
@@ -208,12 +208,12 @@ fn membership_delivery_and_status() {
     let (mut b, bn) = Client::hello(&sock, "");
     assert!(bn.starts_with("#c") && bn.ends_with("#d1"), "{bn}");
 
-    a.send(|w| encode::join(w, "chat"));
+    a.send(|w| encode::join(w, 0, "chat"));
     let Got::View(g, v1, MembershipReason::Join, m) = a.next() else {
         panic!()
     };
     assert_eq!((g.as_str(), m), ("chat", vec![an.clone()]));
-    b.send(|w| encode::join(w, "chat"));
+    b.send(|w| encode::join(w, 0, "chat"));
     let want_members = {
         let mut m = vec![an.clone(), bn.clone()];
         m.sort();
@@ -228,7 +228,7 @@ fn membership_delivery_and_status() {
     }
     // All six services deliver, to the sender too.
     for service in Service::ALL {
-        a.send(|w| encode::multicast(w, service, 9, ["chat"], service.name().as_bytes()));
+        a.send(|w| encode::multicast(w, 0, service, 9, ["chat"], service.name().as_bytes()));
     }
     for c in [&mut a, &mut b] {
         for service in Service::ALL {
@@ -244,7 +244,7 @@ fn membership_delivery_and_status() {
         }
     }
     // A unicast to a private name.
-    b.send(|w| encode::multicast(w, Service::Reliable, 0, [an.as_str()], b"psst"));
+    b.send(|w| encode::multicast(w, 0, Service::Reliable, 0, [an.as_str()], b"psst"));
     assert_eq!(
         a.next(),
         Got::Data(
@@ -254,7 +254,7 @@ fn membership_delivery_and_status() {
             b"psst"[..].into()
         )
     );
-    b.send(|w| encode::leave(w, "chat"));
+    b.send(|w| encode::leave(w, 0, "chat"));
     assert!(matches!(a.next(), Got::View(_, _, MembershipReason::Leave, m) if m == [an.clone()]));
     assert!(matches!(b.next(), Got::View(_, _, MembershipReason::Leave, m) if m.is_empty()));
     let s = a.status();
@@ -266,7 +266,7 @@ fn membership_delivery_and_status() {
     assert_eq!(s["groups"][0]["members"], serde_json::json!([an]));
     assert_eq!(s["counters"]["messages_delivered"], 13);
     // A disconnect is a membership change for the groups of the client.
-    b.send(|w| encode::join(w, "chat"));
+    b.send(|w| encode::join(w, 0, "chat"));
     a.next();
     b.next();
     drop(b);
@@ -285,7 +285,7 @@ fn bad_input_gets_typed_errors_and_others_keep_working() {
     );
     let sock = d.unix_socket().unwrap().to_owned();
     let (mut good, gn) = Client::hello(&sock, "good");
-    good.send(|w| encode::join(w, "g"));
+    good.send(|w| encode::join(w, 0, "g"));
     good.next();
 
     let mut v = Client::unix(&sock);
@@ -318,33 +318,33 @@ fn bad_input_gets_typed_errors_and_others_keep_working() {
         Got::Error(ErrorCode::UnexpectedFrame, _)
     ));
     for name in ["", "x".repeat(33).as_str(), "tab\there"] {
-        e.send(|w| encode::join(w, name));
+        e.send(|w| encode::join(w, 0, name));
         let Got::Error(ErrorCode::BadGroupName, reason) = e.next() else {
             panic!()
         };
         assert!(reason.contains("group"), "{reason}");
     }
-    e.send(|w| encode::leave(w, "never"));
+    e.send(|w| encode::leave(w, 0, "never"));
     assert!(matches!(e.next(), Got::Error(ErrorCode::NotJoined, _)));
-    e.send(|w| encode::join(w, "g"));
+    e.send(|w| encode::join(w, 0, "g"));
     e.next();
     good.next();
-    e.send(|w| encode::join(w, "g"));
+    e.send(|w| encode::join(w, 0, "g"));
     assert!(matches!(e.next(), Got::Error(ErrorCode::AlreadyJoined, _)));
-    e.send(|w| encode::multicast(w, Service::Agreed, 0, ["vault"], b"x"));
+    e.send(|w| encode::multicast(w, 0, Service::Agreed, 0, ["vault"], b"x"));
     assert!(matches!(e.next(), Got::Error(ErrorCode::NotPermitted, _)));
-    e.send(|w| encode::multicast(w, Service::Agreed, 0, ["#ghost#d1"], b"x"));
+    e.send(|w| encode::multicast(w, 0, Service::Agreed, 0, ["#ghost#d1"], b"x"));
     assert!(matches!(
         e.next(),
         Got::Error(ErrorCode::UnknownRecipient, _)
     ));
-    e.send(|w| encode::multicast(w, Service::Agreed, 0, ["g"], &[0; 1001]));
+    e.send(|w| encode::multicast(w, 0, Service::Agreed, 0, ["g"], &[0; 1001]));
     let Got::Error(ErrorCode::TooLarge, reason) = e.next() else {
         panic!()
     };
     assert!(reason.contains("1000"), "{reason}");
 
-    good.send(|w| encode::multicast(w, Service::Fifo, 0, ["g"], b"still here"));
+    good.send(|w| encode::multicast(w, 0, Service::Fifo, 0, ["g"], b"still here"));
     assert_eq!(
         good.next(),
         Got::Data(
@@ -403,7 +403,7 @@ fn slow_consumer_gets_a_goodbye_naming_the_limit_and_is_dropped() {
     let d = Daemon::start(c, p).unwrap();
     let sock = d.unix_socket().unwrap().to_owned();
     let (mut sleeper, _) = Client::hello(&sock, "sleeper");
-    sleeper.send(|w| encode::join(w, "firehose"));
+    sleeper.send(|w| encode::join(w, 0, "firehose"));
     sleeper.next();
     let (mut hose, _) = Client::hello(&sock, "hose");
     // The sender writes from its own thread, since the daemon holds it back while the
@@ -411,7 +411,14 @@ fn slow_consumer_gets_a_goodbye_naming_the_limit_and_is_dropped() {
     let writer = std::thread::spawn(move || {
         let mut batch = Vec::new();
         for _ in 0..64 {
-            encode::multicast(&mut batch, Service::Reliable, 0, ["firehose"], &[7u8; 4000]);
+            encode::multicast(
+                &mut batch,
+                0,
+                Service::Reliable,
+                0,
+                ["firehose"],
+                &[7u8; 4000],
+            );
         }
         for _ in 0..200 {
             if hose.sock.write_all(&batch).is_err() {
@@ -507,15 +514,15 @@ fn tcp_clients_and_unix_clients_share_groups() {
     let mut t = Client::tcp(d.tcp_address().unwrap());
     let tn = t.welcome("overtcp");
     let (mut u, un) = Client::hello(d.unix_socket().unwrap(), "overunix");
-    t.send(|w| encode::join(w, "both"));
+    t.send(|w| encode::join(w, 0, "both"));
     t.next();
-    u.send(|w| encode::join(w, "both"));
+    u.send(|w| encode::join(w, 0, "both"));
     u.next();
     t.next();
     // A message to two groups the receiver is in arrives once.
-    t.send(|w| encode::join(w, "second"));
+    t.send(|w| encode::join(w, 0, "second"));
     t.next();
-    u.send(|w| encode::multicast(w, Service::Safe, 3, ["both", "second"], b"hi"));
+    u.send(|w| encode::multicast(w, 0, Service::Safe, 3, ["both", "second"], b"hi"));
     let want = Got::Data(
         un.clone(),
         vec!["both".into(), "second".into()],
@@ -587,13 +594,20 @@ fn a_client_writing_to_itself_without_reading_is_not_deadlocked_by_the_pause() {
     p.socket_recv_buffer = 65536;
     let d = Daemon::start(c, p).unwrap();
     let (mut me, name) = Client::hello(d.unix_socket().unwrap(), "echo");
-    me.send(|w| encode::join(w, "mirror"));
+    me.send(|w| encode::join(w, 0, "mirror"));
     me.next();
     // 4 MB in one blocking write: far beyond the pause mark and every socket buffer, so
     // the write completes only if the daemon keeps reading from this congested client.
     let mut batch = Vec::new();
     for i in 0..1000u32 {
-        encode::multicast(&mut batch, Service::Fifo, 0, ["mirror"], &[i as u8; 4000]);
+        encode::multicast(
+            &mut batch,
+            0,
+            Service::Fifo,
+            0,
+            ["mirror"],
+            &[i as u8; 4000],
+        );
     }
     me.raw(&batch);
     for i in 0..1000u32 {
@@ -669,9 +683,9 @@ fn the_control_plane_collects_worker_snapshots_and_status_shows_each_worker() {
     // Accepted sockets go round-robin: a to worker 0, b to the session worker.
     let (mut a, an) = Client::hello(&sock, "a");
     let (mut b, bn) = Client::hello(&sock, "b");
-    a.send(|w| encode::join(w, "g"));
+    a.send(|w| encode::join(w, 0, "g"));
     assert!(matches!(a.next(), Got::View(..)));
-    b.send(|w| encode::join(w, "g"));
+    b.send(|w| encode::join(w, 0, "g"));
     for c in [&mut a, &mut b] {
         let Got::View(_, _, MembershipReason::Join, m) = c.next() else {
             panic!("no join view")
@@ -801,7 +815,7 @@ fn a_reused_session_slot_never_gets_its_previous_clients_output() {
                 }
                 batch.clear();
                 for _ in 0..16 {
-                    encode::multicast(&mut batch, Service::Agreed, 0, ["g"], &[1u8; 64]);
+                    encode::multicast(&mut batch, 0, Service::Agreed, 0, ["g"], &[1u8; 64]);
                 }
                 f.raw(&batch);
             }
@@ -810,7 +824,7 @@ fn a_reused_session_slot_never_gets_its_previous_clients_output() {
     // Connections alternate between worker 0 and the session worker.
     for round in 0..100 {
         let (mut x, _) = Client::hello(&sock, &format!("x{round}"));
-        x.send(|w| encode::join(w, "g"));
+        x.send(|w| encode::join(w, 0, "g"));
         assert!(matches!(x.next(), Got::View(..)));
         drop(x);
         // Two newcomers (three connections a round: one of them is on x's worker) may
@@ -818,7 +832,7 @@ fn a_reused_session_slot_never_gets_its_previous_clients_output() {
         // the first frame must answer their own request.
         for k in 0..2 {
             let (mut y, _) = Client::hello(&sock, &format!("y{round}k{k}"));
-            y.send(encode::status_request);
+            y.send(|w| encode::status_request(w, 0));
             let got = y.next();
             assert!(matches!(got, Got::Status(_)), "round {round}: {got:?}");
         }

@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use conclave_control::wire::client::{
-    ClientFrame, ErrorCode, PROTOCOL_VERSION, RefuseCode, WireError, decode_client, encode,
-    split_frame,
+    ClientFrame, ErrorCode, HELLO_FRAME_MAX, PROTOCOL_VERSION, RefuseCode, WireError,
+    decode_client, encode, request_id_of, split_frame,
 };
 use conclave_control::wire::names;
 use mio::net::{TcpListener, UnixListener};
@@ -90,7 +90,35 @@ impl Sessions {
     }
 }
 
+impl Sessions {
+    /// Sends the Welcome held for `id`, once its Connect has been ordered.
+    fn welcome(&mut self, id: LocalId) {
+        let Some(frame) = self.get(id).and_then(|s| s.welcome.take()) else {
+            return;
+        };
+        if let Some(buf) = self.out(id) {
+            buf.extend_from_slice(&frame);
+        }
+    }
+}
+
 impl Outbox for Sessions {
+    fn connected(&mut self, id: LocalId) {
+        self.welcome(id);
+    }
+
+    fn request(&mut self, id: LocalId) -> u32 {
+        self.get(id)
+            .and_then(|s| s.pending.front().copied())
+            .unwrap_or(0)
+    }
+
+    fn done(&mut self, id: LocalId) {
+        if let Some(s) = self.get(id) {
+            s.pending.pop_front();
+        }
+    }
+
     fn out(&mut self, id: LocalId) -> Option<&mut Vec<u8>> {
         let s = self.slots.get_mut(id as usize)?.as_mut()?;
         if s.closing.is_some() {
@@ -119,6 +147,27 @@ pub(crate) enum Role {
     },
     /// A session worker: everything for the table goes to worker 0.
     Session(OrderLink),
+}
+
+/// Submits a client's request as an event, noting its request id where the table's
+/// output is written (worker 0), so an Error that answers it can name it.
+fn submit_request(
+    role: &mut Role,
+    sessions: &mut Sessions,
+    id: LocalId,
+    request: u32,
+    event: &Event<'_>,
+) {
+    match role {
+        Role::Order { .. } => {
+            // Before submitting: a single daemon applies the event at once.
+            if let Some(s) = sessions.get(id) {
+                s.pending.push_back(request);
+            }
+        }
+        Role::Session(link) => link.out.up(&Up::Request { slot: id, request }),
+    }
+    submit(role, sessions, event);
 }
 
 /// Submits an event: ordered on the spot (or by the ring) on worker 0, batched for worker
@@ -343,6 +392,11 @@ impl Worker {
                     if ev.is_writable() {
                         self.sessions.mark_dirty(id);
                     }
+                    if (ev.is_read_closed() || ev.is_error())
+                        && let Some(s) = self.sessions.get(id)
+                    {
+                        s.hup_seen = true;
+                    }
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                         self.queue_read(id);
                     }
@@ -455,6 +509,7 @@ impl Worker {
                                 Ok(Up::Unbind { slot, name }) => {
                                     table.unbind_local(name, shard::global(worker, slot));
                                     peers[i].clients.remove(&slot);
+                                    peers[i].pending.remove(&slot);
                                     peers[i].out.freed(slot);
                                 }
                                 Ok(Up::Event(event)) => {
@@ -463,6 +518,9 @@ impl Worker {
                                         peers,
                                     };
                                     sequencer.submit(&event, table, &mut out);
+                                }
+                                Ok(Up::Request { slot, request }) => {
+                                    peers[i].pending.entry(slot).or_default().push_back(request);
                                 }
                                 Ok(Up::Status { slot }) => {
                                     self.status_for.push(shard::global(worker, slot));
@@ -505,6 +563,7 @@ impl Worker {
                                     buf.extend_from_slice(frames);
                                 }
                             }
+                            Ok(Down::Welcome { slot }) => self.sessions.welcome(slot),
                             Ok(Down::Freed { slot }) => {
                                 let i = slot as usize;
                                 if let Some(w) = self.awaiting_unbind.get_mut(i) {
@@ -674,8 +733,14 @@ impl Worker {
             self.registry.live.fetch_sub(1, AtomicOrdering::Relaxed);
             return;
         }
-        tracing::debug!(id, transport = stream.transport(), "client connected");
-        self.sessions.slots[id as usize] = Some(Session::new(stream));
+        let session = Session::new(stream);
+        tracing::debug!(
+            id,
+            transport = session.stream.transport(),
+            peer = %session.peer,
+            "connection accepted"
+        );
+        self.sessions.slots[id as usize] = Some(session);
         self.sessions.live += 1;
         // The client may have written its hello already; the edge was before registration
         // on some kernels, so look now.
@@ -748,8 +813,9 @@ impl Worker {
                     self.counters.reads += 1;
                     self.counters.bytes_in += n as u64;
                     self.handle_input(id);
-                    if n < asked {
-                        // A short read drained the socket; epoll reports the next arrival.
+                    if n < asked && !self.sessions.get(id).is_some_and(|s| s.hup_seen) {
+                        // A short read drained the socket; epoll reports the next arrival
+                        // (but not a close that came with the edge already taken).
                         return false;
                     }
                 }
@@ -773,7 +839,13 @@ impl Worker {
         let rlen = s.rlen;
         let mut start = 0;
         while start < rlen {
-            match split_frame(&rbuf[start..rlen], self.limits.max_frame) {
+            let welcomed = self.sessions.get(id).is_some_and(|s| s.welcomed);
+            let max_frame = if welcomed {
+                self.limits.max_frame
+            } else {
+                HELLO_FRAME_MAX.min(self.limits.max_frame)
+            };
+            match split_frame(&rbuf[start..rlen], max_frame) {
                 Ok(Some((body, used))) => {
                     start += used;
                     self.handle_frame(id, body);
@@ -782,6 +854,15 @@ impl Worker {
                     }
                 }
                 Ok(None) => break,
+                Err(WireError::FrameTooLong { len, .. }) if !welcomed => {
+                    self.counters.malformed_frames += 1;
+                    let reason = format!(
+                        "bad hello: the first frame claims {len} bytes (a hello has at most \
+                         {HELLO_FRAME_MAX}); is this a Conclave client?"
+                    );
+                    self.refuse(id, RefuseCode::BadHello, &reason);
+                    break;
+                }
                 Err(WireError::FrameTooLong { len, max }) => {
                     let reason = format!(
                         "frame of {len} bytes exceeds the maximum of {max} (payload limit {}); \
@@ -797,7 +878,7 @@ impl Worker {
                 Err(e) => {
                     // A zero-length frame: skip its prefix and go on.
                     start += conclave_control::wire::client::LEN_PREFIX;
-                    self.malformed(id, &e);
+                    self.malformed(id, &e, 0);
                 }
             }
         }
@@ -808,7 +889,7 @@ impl Worker {
         }
     }
 
-    fn malformed(&mut self, id: LocalId, e: &WireError) {
+    fn malformed(&mut self, id: LocalId, e: &WireError, request: u32) {
         self.counters.malformed_frames += 1;
         let welcomed = self.sessions.get(id).is_some_and(|s| s.welcomed);
         if !welcomed {
@@ -819,20 +900,41 @@ impl Worker {
             WireError::Name(_) => ErrorCode::BadGroupName,
             _ => ErrorCode::MalformedFrame,
         };
-        self.send_error(id, code, &format!("frame ignored: {e}"));
+        self.reject(id, request, code, &format!("frame ignored: {e}"));
     }
 
+    /// Answers a request with an Error after the effects of the client's earlier
+    /// requests: the refusal is ordered like any request (it changes nothing).
+    fn reject(&mut self, id: LocalId, request: u32, code: ErrorCode, reason: &str) {
+        let Some(me) = self.names.get(id as usize).and_then(Option::as_deref) else {
+            return;
+        };
+        let event = Event::Reject {
+            client: me,
+            code: code as u16,
+            reason,
+        };
+        submit_request(&mut self.role, &mut self.sessions, id, request, &event);
+    }
+
+    /// An Error written at once, for a session that is closing (an oversize length
+    /// prefix): it answers no request and nothing may follow it.
     fn send_error(&mut self, id: LocalId, code: ErrorCode, reason: &str) {
         self.counters.errors[code as usize] += 1;
         if let Some(buf) = self.sessions.out(id) {
-            encode::error(buf, code, reason);
+            encode::error(buf, 0, code, reason);
             self.counters.own_frames_out += 1;
         }
     }
 
     fn refuse(&mut self, id: LocalId, code: RefuseCode, reason: &str) {
         self.counters.refusals[code as usize] += 1;
-        tracing::debug!(id, ?code, reason, "hello refused");
+        let peer = self
+            .sessions
+            .get(id)
+            .map(|s| s.peer.clone())
+            .unwrap_or_default();
+        tracing::debug!(id, ?code, reason, %peer, "hello refused");
         if let Some(buf) = self.sessions.out(id) {
             encode::refused(buf, code, reason);
             self.counters.own_frames_out += 1;
@@ -847,7 +949,7 @@ impl Worker {
         }
         let frame = match decode_client(body) {
             Ok(f) => f,
-            Err(e) => return self.malformed(id, &e),
+            Err(e) => return self.malformed(id, &e, request_id_of(body)),
         };
         let welcomed = self.sessions.get(id).is_some_and(|s| s.welcomed);
         if !welcomed {
@@ -860,31 +962,32 @@ impl Worker {
             return;
         };
         match frame {
-            ClientFrame::Hello { .. } => {
-                self.send_error(id, ErrorCode::UnexpectedFrame, "hello was already accepted")
-            }
-            ClientFrame::Join { group } | ClientFrame::Leave { group }
+            ClientFrame::Hello { .. } => self.reject(
+                id,
+                0,
+                ErrorCode::UnexpectedFrame,
+                "hello was already accepted",
+            ),
+            ClientFrame::Join { request, group } | ClientFrame::Leave { request, group }
                 if names::check_group(group).is_err() =>
             {
                 let e = names::check_group(group)
                     .err()
                     .map(|e| e.to_string())
                     .unwrap_or_default();
-                self.send_error(
-                    id,
-                    ErrorCode::BadGroupName,
-                    &format!("bad group name {group:?}: {e}"),
-                );
+                let reason = format!("bad group name {group:?}: {e}");
+                self.reject(id, request, ErrorCode::BadGroupName, &reason);
             }
-            ClientFrame::Join { group } => {
+            ClientFrame::Join { request, group } => {
                 let event = Event::Join { client: me, group };
-                submit(&mut self.role, &mut self.sessions, &event);
+                submit_request(&mut self.role, &mut self.sessions, id, request, &event);
             }
-            ClientFrame::Leave { group } => {
+            ClientFrame::Leave { request, group } => {
                 let event = Event::Leave { client: me, group };
-                submit(&mut self.role, &mut self.sessions, &event);
+                submit_request(&mut self.role, &mut self.sessions, id, request, &event);
             }
             ClientFrame::Multicast {
+                request,
                 service,
                 msg_type,
                 groups,
@@ -896,7 +999,7 @@ impl Worker {
                         payload.len(),
                         self.limits.max_payload
                     );
-                    return self.send_error(id, ErrorCode::TooLarge, &reason);
+                    return self.reject(id, request, ErrorCode::TooLarge, &reason);
                 }
                 let event = Event::Data {
                     sender: me,
@@ -905,17 +1008,20 @@ impl Worker {
                     groups,
                     payload,
                 };
-                submit(&mut self.role, &mut self.sessions, &event);
+                submit_request(&mut self.role, &mut self.sessions, id, request, &event);
             }
             ClientFrame::Disconnect => self.close(id, CloseReason::Client),
-            ClientFrame::StatusRequest => self.status(id),
+            // Answered at once: a snapshot of this daemon, not a change to order.
+            ClientFrame::StatusRequest { .. } => self.status(id),
         }
     }
 
     fn hello(&mut self, id: LocalId, version: u16, name: &str) {
         if version != PROTOCOL_VERSION {
             let reason = format!(
-                "protocol version {version} is not supported; this daemon speaks {PROTOCOL_VERSION}"
+                "protocol version {version} is not supported; this daemon speaks \
+                 {PROTOCOL_VERSION} (version 2 numbers requests so that errors name them): \
+                 upgrade the client"
             );
             return self.refuse(id, RefuseCode::UnsupportedVersion, &reason);
         }
@@ -961,17 +1067,27 @@ impl Worker {
         if let Some(s) = self.sessions.get(id) {
             s.welcomed = true;
         }
-        if let Some(buf) = self.sessions.out(id) {
+        if let Some(s) = self.sessions.get(id) {
+            // Held until the Connect below is ordered (at once on a single daemon).
+            let mut frame = Vec::new();
             encode::welcome(
-                buf,
+                &mut frame,
                 &private,
                 daemon,
                 u32::try_from(max_payload).unwrap_or(u32::MAX),
             );
+            s.welcome = Some(frame);
             self.counters.own_frames_out += 1;
         }
         self.counters.welcomed += 1;
-        tracing::debug!(id, name = %private, "client welcomed");
+        if let Some(s) = self.sessions.get(id) {
+            tracing::info!(
+                client = %private,
+                transport = s.stream.transport(),
+                peer = %s.peer,
+                "client connected"
+            );
+        }
         let event = Event::Connect { client: &private };
         submit(&mut self.role, &mut self.sessions, &event);
         self.names[id as usize] = Some(private);
@@ -1071,10 +1187,12 @@ impl Worker {
         if s.closing.is_some() {
             return;
         }
-        tracing::debug!(id, ?reason, "closing session");
-        s.closing = Some(reason);
+        tracing::debug!(id, ?reason, peer = %s.peer, "closing session");
+        let (transport, peer) = (s.stream.transport(), s.peer.clone());
+        s.closing = Some(reason.clone());
         self.to_close.push(id);
         if let Some(name) = self.names.get_mut(id as usize).and_then(Option::take) {
+            tracing::info!(client = %name, transport, %peer, ?reason, "client disconnected");
             self.by_name.remove(&name);
             self.registry.release(&name);
             // The id may be reused before a ring orders the Disconnect.

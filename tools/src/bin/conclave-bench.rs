@@ -19,7 +19,12 @@ use conclave_tools::bench_common::{PlotPoint, Reaped, fmt_range, throughput_svg}
 use conclave_tools::flood::{Report, process_cpu_seconds};
 
 #[derive(Parser)]
-#[command(name = "conclave-bench", version, about = "Conclave benchmark harness")]
+#[command(
+    name = "conclave-bench",
+    version,
+    about = "Conclave benchmark harness",
+    after_help = conclave_tools::exit::HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -85,10 +90,10 @@ fn main() -> ExitCode {
             .map_err(|e| e.into()),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(conclave_tools::exit::OK),
         Err(e) => {
             eprintln!("conclave-bench: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(conclave_tools::exit::FAILED)
         }
     }
 }

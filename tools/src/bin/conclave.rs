@@ -9,11 +9,17 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use conclave::{Connection, DaemonFrame, Event, Service, ViewId};
 use conclave_tools::flood::{self, Latency, MSG_DATA, MSG_END, Report};
+use conclave_tools::{exit, status_view};
 use hdrhistogram::Histogram;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 #[derive(Parser)]
-#[command(name = "conclave", version, about = "Conclave client tools")]
+#[command(
+    name = "conclave",
+    version,
+    about = "Conclave client tools",
+    after_help = exit::HELP
+)]
 struct Cli {
     /// Daemon address: unix:/path, /path or host:port (default: the Unix socket
     /// /tmp/conclave-4803.sock if it exists, else 127.0.0.1:4803).
@@ -33,12 +39,17 @@ enum Command {
     },
     /// Send or receive a flood of messages and print the rates (and latency).
     Flood(FloodArgs),
-    /// Start a daemon on the embedded default config and walk three clients through a
-    /// group's life: joins, messages, a private message, a disconnect, a leave, shutdown.
+    /// Start a daemon on the embedded default config (or, with --daemon, use that one)
+    /// and walk three clients through a group's life: joins, messages, a private
+    /// message, a disconnect, a leave, shutdown.
     Demo,
-    /// Pretty-print the daemon's status: clients, groups, counters.
+    /// The daemon's status as a summary: daemons, clients, groups with members, counters
+    /// that are not zero (this tool's own connection left out).
     Status {
-        /// Print the JSON exactly as the daemon sent it.
+        /// The whole status document as pretty JSON (without this tool's connection).
+        #[arg(long, conflicts_with = "raw")]
+        json: bool,
+        /// The JSON exactly as the daemon sent it (this tool's connection included).
         #[arg(long)]
         raw: bool,
     },
@@ -111,16 +122,16 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!("conclave: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     if matches!(cli.command, Command::Demo) {
-        return demo();
+        return demo(cli.daemon.is_some().then_some(&addr));
     }
     let result = match cli.command {
         Command::Demo => unreachable!("handled above"),
         Command::User { name } => user(&addr, name.as_deref().unwrap_or("")),
-        Command::Status { raw } => status(&addr, raw),
+        Command::Status { json, raw } => status(&addr, json, raw),
         Command::Flood(FloodArgs { mode }) => match mode {
             FloodMode::Send {
                 common,
@@ -134,36 +145,79 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("conclave: daemon {addr}: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(e.as_ref()))
         }
     }
 }
 
-/// `conclave demo`: it starts its own daemon, so it takes no `--daemon`.
-fn demo() -> ExitCode {
-    let outcome = conclave_tools::sibling_binary("conclaved")
-        .map_err(|e| e.to_string())
-        .and_then(|bin| conclave_tools::demo::run(&bin).map_err(|e| e.to_string()));
+/// A command's outcome when it is not plain success or failure: the exit code to use
+/// (docs/exit-codes.md) and what to say.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct Exit {
+    code: u8,
+    message: String,
+}
+
+impl Exit {
+    fn failed(message: impl Into<String>) -> Box<dyn std::error::Error> {
+        Box::new(Exit {
+            code: exit::FAILED,
+            message: message.into(),
+        })
+    }
+}
+
+/// The exit code for an error: the daemon gone or unreachable is LOST, any other
+/// failure FAILED.
+fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
+    if let Some(x) = e.downcast_ref::<Exit>() {
+        return x.code;
+    }
+    match e.downcast_ref::<conclave::Error>() {
+        Some(conclave::Error::Io(_) | conclave::Error::Timeout(_)) => exit::LOST,
+        Some(conclave::Error::Closed { reason }) if reason == CLOSED_WITHOUT_GOODBYE => exit::LOST,
+        _ => exit::FAILED,
+    }
+}
+
+/// The SDK's reason for a stream that ended without a goodbye.
+const CLOSED_WITHOUT_GOODBYE: &str = "connection closed by the daemon";
+
+/// `conclave demo`: it starts its own daemon unless `--daemon` names one to use.
+fn demo(existing: Option<&conclave::Address>) -> ExitCode {
+    let outcome = match existing {
+        Some(_) => conclave_tools::demo::run(std::path::Path::new("conclaved"), existing)
+            .map_err(|e| e.to_string()),
+        None => conclave_tools::sibling_binary("conclaved")
+            .map_err(|e| e.to_string())
+            .and_then(|bin| conclave_tools::demo::run(&bin, None).map_err(|e| e.to_string())),
+    };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("conclave demo: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::FAILED)
         }
     }
 }
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn status(addr: &conclave::Address, raw: bool) -> AnyResult<()> {
+fn status(addr: &conclave::Address, json: bool, raw: bool) -> AnyResult<()> {
     let mut conn = Connection::connect(addr)?;
-    let json = conn.status()?;
+    let text = conn.status()?;
+    let me = conn.private_name().to_owned();
     conn.disconnect()?;
     if raw {
-        println!("{json}");
+        println!("{text}");
+        return Ok(());
+    }
+    let doc = status_view::without_client(serde_json::from_str(&text)?, &me);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        let value: serde_json::Value = serde_json::from_str(&json)?;
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        print!("{}", status_view::summary(&doc));
     }
     Ok(())
 }
@@ -175,7 +229,8 @@ commands:
   j <group>                      join
   l <group>                      leave
   s <group>[,<group>...] <text>  send (agreed)
-  s <service> <group>[,...] <text>  send with a service (unreliable..safe)
+  s <service> <group>[,...] <text>  send with a service (unreliable..safe); a first
+                                 word that looks like a misspelt service is refused
   p <#user#daemon> <text>        send to one client
   r                              receive what is waiting (1 s)
   m [group]                      show memberships
@@ -185,9 +240,42 @@ commands:
 
 struct UserState {
     views: BTreeMap<String, (ViewId, Vec<String>)>,
+    /// The daemon's goodbye, once it came.
+    goodbye: Option<String>,
+}
+
+/// How an interactive session ends once the daemon closed it: 0 after the daemon's
+/// shutdown goodbye (nothing went wrong here), FAILED after another goodbye (a slow
+/// consumer), LOST when the stream just ended: the daemon crashed or was killed.
+fn user_closed(state: &UserState, reason: &str) -> AnyResult<()> {
+    match &state.goodbye {
+        Some(g) if g.contains("shutting down") => {
+            println!("\nthe daemon shut down: {g}");
+            Ok(())
+        }
+        Some(g) => Err(Exit::failed(format!("the daemon disconnected us: {g}"))),
+        None => Err(Box::new(Exit {
+            code: exit::LOST,
+            message: format!("connection lost without a goodbye ({reason}): did the daemon crash?"),
+        })),
+    }
 }
 
 fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
+    let mut state = UserState {
+        views: BTreeMap::new(),
+        goodbye: None,
+    };
+    match user_session(addr, name, &mut state) {
+        Err(e) => match e.downcast_ref::<conclave::Error>() {
+            Some(conclave::Error::Closed { reason }) => user_closed(&state, reason),
+            _ => Err(e),
+        },
+        ok => ok,
+    }
+}
+
+fn user_session(addr: &conclave::Address, name: &str, state: &mut UserState) -> AnyResult<()> {
     let mut conn = Connection::connect_as(addr, name)?;
     println!(
         "connected to {} ({}) as {}; h for help",
@@ -195,9 +283,6 @@ fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
         addr,
         conn.private_name()
     );
-    let mut state = UserState {
-        views: BTreeMap::new(),
-    };
     let stdin = io::stdin();
     let mut line_buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -205,7 +290,7 @@ fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
     loop {
         // Events already read (e.g. while waiting for a status) do not wake poll.
         while let Some(ev) = conn.receive(Duration::ZERO)? {
-            show_event(&mut state, ev);
+            show_event(state, ev);
         }
         let (stdin_ready, conn_ready) = {
             let mut fds = [
@@ -227,21 +312,19 @@ fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
                 fds[1].revents().intersects(stop),
             )
         };
-        if conn_ready {
-            match conn.receive(Duration::from_millis(10)) {
-                Ok(Some(ev)) => show_event(&mut state, ev),
-                Ok(None) => {}
-                Err(conclave::Error::Closed { reason }) => {
-                    println!("\nconnection closed: {reason}");
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
-            }
+        if conn_ready && let Some(ev) = conn.receive(Duration::from_millis(10))? {
+            show_event(state, ev);
         }
         if stdin_ready {
             let n = stdin.lock().read(&mut chunk)?;
             if n == 0 {
-                settle(&mut conn, &mut state)?;
+                settle(&mut conn, state)?;
+                if let Some(reason) = conn.closed_reason() {
+                    return Err(conclave::Error::Closed {
+                        reason: reason.to_owned(),
+                    }
+                    .into());
+                }
                 conn.disconnect()?;
                 return Ok(());
             }
@@ -251,19 +334,16 @@ fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
                 let line = String::from_utf8_lossy(&line).trim().to_owned();
                 // Show what already arrived first, so output follows input in order.
                 while let Some(ev) = conn.receive(Duration::ZERO)? {
-                    show_event(&mut state, ev);
+                    show_event(state, ev);
                 }
-                match user_command(&mut conn, &mut state, &line) {
+                match user_command(&mut conn, state, &line) {
                     Ok(true) => {}
                     Ok(false) => {
-                        settle(&mut conn, &mut state)?;
+                        settle(&mut conn, state)?;
                         conn.disconnect()?;
                         return Ok(());
                     }
-                    Err(conclave::Error::Closed { reason }) => {
-                        println!("connection closed: {reason}");
-                        return Ok(());
-                    }
+                    Err(e @ conclave::Error::Closed { .. }) => return Err(e.into()),
                     Err(e) => println!("error: {e}"),
                 }
                 prompt();
@@ -310,7 +390,21 @@ fn user_command(
                     let (t, text) = after.split_once(' ').unwrap_or((after, ""));
                     (service, t, text)
                 }
-                _ => (Service::Agreed, first, after),
+                _ => {
+                    if !after.is_empty()
+                        && let Some(meant) = near_service(first)
+                    {
+                        // `s saf chat x` means SAFE to chat far more often than AGREED
+                        // to a group named saf: ask rather than guess.
+                        println!(
+                            "{first:?} is not a service; did you mean {meant}? Nothing sent. \
+                             (To send to a group named {first:?}, name the service first: \
+                             s agreed {first} ...)"
+                        );
+                        return Ok(true);
+                    }
+                    (Service::Agreed, first, after)
+                }
             };
             let targets: Vec<&str> = targets.split(',').filter(|t| !t.is_empty()).collect();
             conn.multicast(service, &targets, 0, text.as_bytes())?;
@@ -345,10 +439,7 @@ fn user_command(
         "t" => {
             let json = conn.status()?;
             match serde_json::from_str::<serde_json::Value>(&json) {
-                Ok(v) => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&v).unwrap_or(json.clone())
-                ),
+                Ok(v) => print!("{}", status_view::summary(&v)),
                 Err(_) => println!("{json}"),
             }
         }
@@ -357,6 +448,30 @@ fn user_command(
         other => println!("unknown command {other:?}; h for help"),
     }
     Ok(true)
+}
+
+/// The service `word` looks like a misspelling of: a prefix of its name (2 letters at
+/// least), or one letter added, dropped or changed in a name of 4 letters or more.
+fn near_service(word: &str) -> Option<&'static str> {
+    let word = word.to_ascii_lowercase();
+    Service::ALL.iter().map(|s| s.name()).find(|name| {
+        (word.len() >= 2 && name.starts_with(&word)) || (name.len() >= 4 && one_edit(&word, name))
+    })
+}
+
+/// True when `a` and `b` differ by exactly one inserted, deleted or replaced byte.
+fn one_edit(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    if long.len() - short.len() > 1 || a == b {
+        return false;
+    }
+    let prefix = short.iter().zip(long).take_while(|(x, y)| x == y).count();
+    if short.len() == long.len() {
+        short[prefix + 1..] == long[prefix + 1..]
+    } else {
+        short[prefix..] == long[prefix + 1..]
+    }
 }
 
 /// Whether another event can be had without waiting long.
@@ -402,9 +517,16 @@ fn show_event(state: &mut UserState, ev: Event) {
                 state.views.insert(group, (view_id, members));
             }
         }
-        Event::Error { code, reason } => println!("\n[error {code:?}] {reason}"),
+        Event::Error {
+            request,
+            code,
+            reason,
+        } => println!("\n[error {code:?}] {reason} (request {request})"),
         Event::Status { json } => println!("\n[status] {json}"),
-        Event::Goodbye { reason } => println!("\n[goodbye] {reason}"),
+        Event::Goodbye { reason } => {
+            println!("\n[goodbye] {reason}");
+            state.goodbye = Some(reason);
+        }
     }
     prompt();
 }
@@ -465,6 +587,15 @@ fn flood_send(
         if sent.is_multiple_of(1024) {
             if self_receive {
                 drain_own(&mut conn, &mut hist, &mut own, Duration::ZERO)?;
+            } else if conn_has_more(&conn) {
+                // Only errors come to a sender that is not a member: one poll per batch
+                // keeps the check off the hot path.
+                drain_own(&mut conn, &mut hist, &mut own, Duration::ZERO)?;
+            }
+            if let Some(e) = &own.error {
+                return Err(Exit::failed(format!(
+                    "the daemon refused a message after {sent} sent: {e}"
+                )));
             }
             if Instant::now() > deadline {
                 break;
@@ -480,6 +611,15 @@ fn flood_send(
         while !own.ended && Instant::now() < deadline {
             drain_own(&mut conn, &mut hist, &mut own, Duration::from_millis(100))?;
         }
+    }
+    // A round trip after the last message: a daemon answers it after reading everything
+    // before it, so an error about those (NoRecipients: the group is empty) is in by then.
+    conn.status()?;
+    drain_own(&mut conn, &mut hist, &mut own, Duration::ZERO)?;
+    if let Some(e) = &own.error {
+        return Err(Exit::failed(format!(
+            "nothing to report: the daemon refused the flood: {e}"
+        )));
     }
     conn.disconnect()?;
     let mut report = Report {
@@ -505,19 +645,21 @@ fn flood_send(
 struct OwnReceipt {
     received: u64,
     ended: bool,
+    /// The first Error the daemon sent (e.g. NoRecipients: nobody is in the group).
+    error: Option<String>,
 }
 
+/// Takes what arrived for a flood sender; returns how many frames.
 fn drain_own(
     conn: &mut Connection,
     hist: &mut Histogram<u64>,
     own: &mut OwnReceipt,
     wait: Duration,
-) -> conclave::Result<()> {
-    conn.receive_frames(wait, |frame| {
-        if let DaemonFrame::Data {
+) -> conclave::Result<usize> {
+    conn.receive_frames(wait, |frame| match frame {
+        DaemonFrame::Data {
             msg_type, payload, ..
-        } = frame
-        {
+        } => {
             if *msg_type == MSG_END {
                 own.ended = true;
             } else if *msg_type == MSG_DATA {
@@ -527,8 +669,11 @@ fn drain_own(
                 }
             }
         }
-    })?;
-    Ok(())
+        DaemonFrame::Error { code, reason, .. } if own.error.is_none() => {
+            own.error = Some(format!("{code:?}: {reason}"));
+        }
+        _ => {}
+    })
 }
 
 fn flood_recv(addr: &conclave::Address, c: &FloodCommon, idle: f64) -> AnyResult<()> {
@@ -551,7 +696,7 @@ fn flood_recv(addr: &conclave::Address, c: &FloodCommon, idle: f64) -> AnyResult
             {
                 break;
             }
-            Some(Event::Error { code, reason }) => {
+            Some(Event::Error { code, reason, .. }) => {
                 return Err(format!("join refused ({code:?}): {reason}").into());
             }
             _ => {}
@@ -635,6 +780,18 @@ fn flood_recv(addr: &conclave::Address, c: &FloodCommon, idle: f64) -> AnyResult
     report.messages = received;
     report.bytes = bytes;
     print_report(&report, c.json);
+    // The report is printed either way; the exit code says whether the run counts.
+    if received == 0 {
+        return Err(Exit::failed(format!(
+            "received nothing in group {:?}",
+            c.group
+        )));
+    }
+    if !complete {
+        return Err(Exit::failed(format!(
+            "incomplete: received {received} of {total} messages"
+        )));
+    }
     Ok(())
 }
 
@@ -649,5 +806,20 @@ fn print_report(report: &Report, json: bool) {
         }
     } else {
         println!("{}", report.human());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misspelt_services_are_caught_and_group_names_are_not() {
+        assert_eq!(near_service("saf"), Some("safe"));
+        assert_eq!(near_service("relable"), Some("reliable"));
+        assert_eq!(near_service("agred"), Some("agreed"));
+        assert_eq!(near_service("chat"), None);
+        assert_eq!(near_service("safety"), None);
+        assert_eq!(near_service("x"), None);
     }
 }

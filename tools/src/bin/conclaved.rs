@@ -3,16 +3,19 @@
 //! With no `--config` it runs the embedded default (daemon `local`, TCP 127.0.0.1:4803,
 //! Unix socket `/tmp/conclave-4803.sock`). Once listening it prints
 //! `conclaved ready: unix=<path> tcp=<addr>` on stdout. SIGTERM or SIGINT: every client
-//! gets a Goodbye, the socket file is removed, exit 0. Logs go to stderr (`RUST_LOG`).
+//! gets a Goodbye, the socket file is removed, exit 0. SIGHUP re-checks the configuration
+//! files and logs the outcome; the daemon goes on unchanged. Logs go to stderr
+//! (`RUST_LOG`), without colour codes unless stderr is a terminal.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use conclave_engine::config::{Config, DEFAULT_CONFIG_NAME, Overrides};
+use conclave_engine::config::{Config, DEFAULT_CONFIG_NAME, Overrides, Profile};
 use conclave_engine::daemon::Daemon;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use conclave_tools::exit;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 /// The Conclave daemon.
@@ -20,7 +23,8 @@ use signal_hook::iterator::Signals;
 #[command(
     name = "conclaved",
     version,
-    about = "The Conclave daemon: serves client groups over a Unix socket and TCP"
+    about = "The Conclave daemon: serves client groups over a Unix socket and TCP",
+    after_help = exit::HELP
 )]
 struct Args {
     /// Configuration file (TOML); the embedded default when absent.
@@ -53,30 +57,72 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes are noise in a log file or a journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
     match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err((code, e)) => {
             eprintln!("{e}");
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let (mut config, file) = match &args.config {
-        Some(path) => (Config::load(path)?, path.display().to_string()),
-        None => (Config::embedded(), DEFAULT_CONFIG_NAME.to_owned()),
-    };
+/// A failure and its exit code (docs/exit-codes.md).
+type Failure = (u8, Box<dyn std::error::Error>);
+
+/// Tags an error with an exit code.
+fn code<E: Into<Box<dyn std::error::Error>>>(code: u8) -> impl FnOnce(E) -> Failure {
+    move |e| (code, e.into())
+}
+
+/// Reads the configuration and profile the command line names, with its overrides.
+fn load(args: &Args) -> Result<(Config, Profile, String), Box<dyn std::error::Error>> {
     let overrides = Overrides {
         name: args.name.clone(),
         profile: args.profile.clone(),
         socket: args.socket.clone(),
         port: args.port,
     };
-    config.apply_overrides(&overrides, &file)?;
+    // Overrides go in before validation: `--name` replaces a missing `me`.
+    let (config, file) = match &args.config {
+        Some(path) => (
+            Config::load_with(path, &overrides)?,
+            path.display().to_string(),
+        ),
+        None => {
+            let mut config = Config::embedded();
+            config.apply_overrides(&overrides, DEFAULT_CONFIG_NAME)?;
+            (config, DEFAULT_CONFIG_NAME.to_owned())
+        }
+    };
+    config.check_endpoints(&file)?;
     let profile = config.load_profile()?;
+    Ok((config, profile, file))
+}
+
+/// SIGHUP: the files are read and checked again, so an operator learns at once whether
+/// the edited configuration would start; nothing is applied to the running daemon yet
+/// (that is the reload work of issue 10), and the daemon keeps running either way.
+fn on_hangup(args: &Args) {
+    match load(args) {
+        Ok((_, _, file)) => tracing::warn!(
+            "SIGHUP: {file} re-read and valid, but reload is not supported yet: \
+             the running configuration is unchanged (restart to apply changes)"
+        ),
+        Err(e) => tracing::error!(
+            "SIGHUP: reload is not supported yet, and the configuration would not load: \
+             {e}; the running configuration is unchanged"
+        ),
+    }
+}
+
+/// Runs the daemon: FAILED for a configuration that does not load, LOST for a daemon
+/// that cannot start or fails while running.
+fn run(args: Args) -> Result<(), Failure> {
+    let (config, profile, file) = load(&args).map_err(code(exit::FAILED))?;
     if args.check_config {
         println!(
             "{file}: ok (daemon {:?}, profile {:?})",
@@ -95,13 +141,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Handlers go in before the ready line, so a signal sent right after it is caught.
-    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    // SIGHUP too: its default action would kill the daemon without goodbyes and leave
+    // the socket file behind.
+    let lost = code(exit::LOST);
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(code(exit::LOST))?;
     let signal_handle = signals.handle();
-    let handle = Daemon::start(config, profile)?;
+    let handle = Daemon::start(config, profile).map_err(code(exit::LOST))?;
     tracing::info!(daemon = handle.name(), "{}", handle.ready_line());
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", handle.ready_line())?;
-    stdout.flush()?;
+    writeln!(stdout, "{}", handle.ready_line())
+        .and_then(|()| stdout.flush())
+        .map_err(code(exit::LOST))?;
     drop(stdout);
 
     // The signal thread only asks the daemon's control plane to stop; that thread tells
@@ -110,16 +160,22 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let signal_thread = std::thread::Builder::new()
         .name("conclave-signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    on_hangup(&args);
+                    continue;
+                }
                 tracing::info!(signal, "signal received; shutting down");
                 stopper.stop();
+                break;
             }
-        })?;
+        })
+        .map_err(code(exit::LOST))?;
     let result = handle.wait();
     // The worker may have stopped on its own (an error): release the signal thread.
     signal_handle.close();
     let _ = signal_thread.join();
-    result?;
+    result.map_err(lost)?;
     tracing::info!("stopped");
     Ok(())
 }

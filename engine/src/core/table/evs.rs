@@ -167,6 +167,7 @@ impl GroupTable {
                     name: name.into(),
                     local: self.local_ids.get(name).copied(),
                     groups: Vec::new(),
+                    told_undeliverable: false,
                 };
                 let local = entry.local;
                 let c = insert_slot(&mut self.clients, &mut self.free_clients, entry);
