@@ -1,5 +1,6 @@
-//! `conclave status`: the daemon's status document as a person reads it (the daemon, the
-//! ring's daemons, clients, groups with members, counters that are not zero), and the
+//! `conclave status`: the daemon's status document as a person reads it (the daemon, every
+//! configured daemon with when it was last heard, clients, groups with members, counters
+//! that are not zero), and the
 //! document without the asking client itself.
 
 use std::fmt::Write as _;
@@ -33,17 +34,49 @@ pub fn summary(doc: &Value) -> String {
                 .as_array()
                 .map(|m| m.iter().map(text).collect())
                 .unwrap_or_default();
-            let state = if ring["stalled"] == true {
-                "STALLED: no token within the token timeout"
-            } else {
-                "ordering"
+            let mut state = match ring["membership"].as_str() {
+                Some(m) if !m.contains(' ') => format!("membership {m}"),
+                _ => "ordering".to_owned(),
             };
-            let _ = writeln!(
-                out,
-                "daemons ({}): {}; ring {state}",
-                members.len(),
-                members.join(", ")
-            );
+            if ring["stalled"] == true {
+                state.push_str(", STALLED");
+            }
+            match ring["daemons"].as_array() {
+                // Every configured daemon, with when it was last heard from.
+                Some(all) => {
+                    let _ = writeln!(
+                        out,
+                        "daemons ({} configured, {} in the ring; {state}):",
+                        all.len(),
+                        members.len()
+                    );
+                    for d in all {
+                        let heard = d["last_heard_ms_ago"].as_u64().map_or_else(
+                            || "never heard".to_owned(),
+                            |ms| format!("heard {ms} ms ago"),
+                        );
+                        let _ = writeln!(
+                            out,
+                            "  {} at {}: {}, {heard}",
+                            text(&d["name"]),
+                            text(&d["address"]),
+                            if d["member"] == true {
+                                "member"
+                            } else {
+                                "NOT a member"
+                            },
+                        );
+                    }
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "daemons ({}): {}; {state}",
+                        members.len(),
+                        members.join(", ")
+                    );
+                }
+            }
         }
         _ => {
             let _ = writeln!(out, "daemons (1): this one (no ring)");
@@ -139,5 +172,36 @@ mod tests {
         assert!(text.contains("  errors_by_code.NotJoined 1\n"), "{text}");
         assert!(!text.contains("TooLarge"), "{text}");
         assert!(!text.contains("errors 0"), "{text}");
+    }
+
+    #[test]
+    fn a_ring_lists_every_daemon_with_when_it_was_heard() {
+        let doc = json!({
+            "daemon": "a", "profile": "default", "uptime_ms": 10,
+            "clients": [], "groups": [], "counters": {},
+            "ring": {
+                "mode": "ring", "membership": "operational", "stalled": false,
+                "members": ["a"],
+                "daemons": [
+                    {"name": "a", "address": "127.0.0.1:1", "member": true, "last_heard_ms_ago": 0},
+                    {"name": "b", "address": "127.0.0.1:2", "member": false, "last_heard_ms_ago": null},
+                ],
+                "counters": {"token_losses": 1},
+            },
+        });
+        let text = summary(&doc);
+        assert!(
+            text.contains("daemons (2 configured, 1 in the ring; membership operational):"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  a at 127.0.0.1:1: member, heard 0 ms ago\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  b at 127.0.0.1:2: NOT a member, never heard\n"),
+            "{text}"
+        );
+        assert!(text.contains("  ring.token_losses 1\n"), "{text}");
     }
 }
