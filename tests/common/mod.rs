@@ -2,6 +2,7 @@
 //! sockets for malformed input, and bounded waits.
 #![allow(dead_code)]
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod netns;
 
 use conclave::{Address, Connection, Event};
 use conclave_control::wire::client::{
@@ -95,16 +97,40 @@ impl Daemon {
 
     /// Starts a daemon with an optional config text (written to a temp file) and extra args.
     pub fn start_with(config: Option<&str>, extra: &[&str]) -> Daemon {
-        Self::start_logged(config, extra, None)
+        Self::start_full(&[], config, extra, None)
     }
 
     /// As [`Daemon::start_with`]; with `rust_log`, stderr goes to a file (read with
     /// [`Daemon::log`]) under that `RUST_LOG` filter.
     pub fn start_logged(config: Option<&str>, extra: &[&str], rust_log: Option<&str>) -> Daemon {
+        Self::start_full(&[], config, extra, rust_log)
+    }
+
+    /// Like [`Daemon::start_with`], with `conclaved` run through the command `prefix`
+    /// (e.g. `ip netns exec <ns>`, which execs it, so the child's pid is the daemon's).
+    pub fn start_in(prefix: &[OsString], config: Option<&str>, extra: &[&str]) -> Daemon {
+        Self::start_full(prefix, config, extra, None)
+    }
+
+    /// Starts `conclaved` through `prefix` (none: directly), with its stderr in a file
+    /// under `rust_log` when given.
+    fn start_full(
+        prefix: &[OsString],
+        config: Option<&str>,
+        extra: &[&str],
+        rust_log: Option<&str>,
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("d.sock");
         let port = free_port();
-        let mut cmd = Command::new(conclaved());
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(conclaved());
+                c
+            }
+            None => Command::new(conclaved()),
+        };
         cmd.arg("--socket")
             .arg(&socket)
             .arg("--port")

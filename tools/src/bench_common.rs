@@ -1,5 +1,6 @@
-//! What the benchmark subcommands (`flood`, `ring`) share: child processes that end with
-//! the run, median ranges as text, and the two-panel SVG of throughput against size.
+//! What the benchmark subcommands (`flood`, `ring`, `membership`) share: child processes
+//! that end with the run, median ranges as text, the two-panel SVG of throughput against
+//! size, and a one-panel SVG of repeated timings per category.
 
 use std::fmt::Write as _;
 use std::process::{Child, Command};
@@ -163,6 +164,87 @@ pub fn throughput_svg(points: &[PlotPoint<'_>], msgs_title: &str, mbs_title: &st
                 y0 + 15.0 + 15.0 * si as f64
             );
         }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// One labelled set of repeated measurements for [`range_svg`].
+pub struct RangePoint<'a> {
+    /// The category (x axis label).
+    pub label: String,
+    /// The repeats, in the unit of the plot.
+    pub values: &'a [f64],
+}
+
+/// One panel of categories along x, each with its median as a dot and a bar from the
+/// minimum to the maximum, plus dashed horizontal reference lines (targets) when given.
+pub fn range_svg(points: &[RangePoint<'_>], title: &str, refs: &[(f64, &str)]) -> String {
+    let (x0, y0, pw, ph) = (80.0, 50.0, 620.0, 280.0);
+    let (w, h) = (x0 + pw + 40.0, y0 + ph + 70.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let ymax = points
+        .iter()
+        .flat_map(|p| p.values.iter().copied())
+        .chain(refs.iter().map(|r| r.0))
+        .fold(0.0f64, f64::max)
+        .max(1.0)
+        * 1.1;
+    let ymap = |y: f64| y0 + ph - y / ymax * ph;
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"25\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n<line x1=\"{x0}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{}\" stroke=\"black\"/>",
+        x0 + pw / 2.0,
+        y0 + ph,
+        x0 + pw,
+        y0 + ph,
+        y0 + ph
+    );
+    for i in 0..=4 {
+        let v = ymax * f64::from(i) / 4.0;
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{v:.0}</text><line x1=\"{x0}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#ddd\"/>",
+            x0 - 5.0,
+            ymap(v) + 4.0,
+            x0 + pw,
+            y = ymap(v)
+        );
+    }
+    for (value, label) in refs {
+        let _ = writeln!(
+            s,
+            "<line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#888\" stroke-dasharray=\"6,4\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#555\">{label}</text>",
+            x0 + pw,
+            x0 + pw - 4.0,
+            ymap(*value) - 4.0,
+            y = ymap(*value)
+        );
+    }
+    let n = points.len().max(1) as f64;
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
+    for (i, p) in points.iter().enumerate() {
+        let cx = x0 + pw * (i as f64 + 0.5) / n;
+        let color = colors[i % colors.len()];
+        if let Some((m, lo, hi)) = median_min_max(p.values) {
+            let _ = writeln!(
+                s,
+                "<line x1=\"{cx:.1}\" y1=\"{:.1}\" x2=\"{cx:.1}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-width=\"2\"/><circle cx=\"{cx:.1}\" cy=\"{:.1}\" r=\"5\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\">{m:.0}</text>",
+                ymap(lo),
+                ymap(hi),
+                ymap(m),
+                cx + 8.0,
+                ymap(m) + 4.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{cx:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            y0 + ph + 18.0,
+            p.label
+        );
     }
     s.push_str("</svg>\n");
     s

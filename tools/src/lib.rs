@@ -5,6 +5,8 @@ pub mod bench_common;
 pub mod demo;
 pub mod flood;
 pub mod keys_bench;
+pub mod membership_bench;
+pub mod netns;
 pub mod ring_bench;
 pub mod status_view;
 

@@ -4,7 +4,8 @@
 //! each transport x size runs one receiver and one sender process (`conclave flood`),
 //! repeats each configuration, and reports medians (min-max) at the receiver as a table,
 //! a CSV and an SVG plot. `conclave-bench ring` does the same for three daemons joined by the token ring, and
-//! `conclave-bench keys` measures group key agreement (`conclave_tools::keys_bench`).
+//! `conclave-bench keys` measures group key agreement (`conclave_tools::keys_bench`);
+//! `conclave-bench membership` measures daemon membership (`conclave_tools::membership_bench`).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -39,6 +40,9 @@ enum Command {
     /// Key agreement: serial time and total CPU per membership event vs group size, for
     /// every protocol and DH group; prints a table and writes an SVG plot.
     Keys(conclave_tools::keys_bench::KeysArgs),
+    /// Daemon membership: kill -9 to the new view per profile, partition heal to the
+    /// merged view, join latency, false membership changes under a flood, ring throughput.
+    Membership(conclave_tools::membership_bench::MembershipBench),
 }
 
 #[derive(Args)]
@@ -85,6 +89,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Flood(args) => flood(args),
         Command::Ring(args) => conclave_tools::ring_bench::run(args).map_err(|e| e as _),
+        Command::Membership(args) => {
+            conclave_tools::membership_bench::run(args).map_err(|e| e as _)
+        }
         Command::Keys(args) => conclave_tools::keys_bench::run(args)
             .map(|_| ())
             .map_err(|e| e.into()),
