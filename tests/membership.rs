@@ -226,10 +226,9 @@ fn crash_and_restart_on_io_uring() {
 /// Two of five daemons killed in a row, the second while the first membership run is
 /// under way: the three survivors end in one configuration, and nothing they sent is
 /// lost, duplicated or reordered.
-#[test]
-fn cascade_of_two_crashes() {
+fn cascade_of_two_crashes(backend: Backend) {
     let names = ["d0", "d1", "d2", "d3", "d4"];
-    let mut cluster = Cluster::start(&names, &quick_profile(Backend::Auto));
+    let mut cluster = Cluster::start(&names, &quick_profile(backend));
     let mut clients: Vec<Connection> = (0..5)
         .map(|i| cluster.daemons[i].client(&format!("c{i}")))
         .collect();
@@ -276,4 +275,14 @@ fn cascade_of_two_crashes() {
     };
     assert_eq!(order(&histories[0]), order(&histories[1]));
     assert_eq!(order(&histories[0]), order(&histories[2]));
+}
+
+#[test]
+fn cascade_of_two_crashes_on_fallback() {
+    cascade_of_two_crashes(Backend::Fallback);
+}
+
+#[test]
+fn cascade_of_two_crashes_on_io_uring() {
+    cascade_of_two_crashes(Backend::Auto);
 }
