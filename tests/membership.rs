@@ -286,3 +286,44 @@ fn cascade_of_two_crashes_on_fallback() {
 fn cascade_of_two_crashes_on_io_uring() {
     cascade_of_two_crashes(Backend::Auto);
 }
+
+/// Two daemons whose configurations differ in a key that must agree (here the largest
+/// payload) refuse each other's joins, log which key differs, and each keep serving in a
+/// configuration of its own, instead of merging and diverging.
+#[test]
+fn differing_settings_are_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let profile = dir.path().join("profile.toml");
+    std::fs::write(&profile, quick_profile(Backend::Auto)).expect("profile");
+    let ports: Vec<u16> = (0..2).map(|_| common::cluster::free_udp_port()).collect();
+    let base = common::cluster::config_text(&["a", "b"], &ports, &profile.display().to_string());
+    let state = |n: &str| format!("state_dir = \"{}\"\n", dir.path().join(n).display());
+    let config_a = format!("{}{base}", state("a"));
+    let config_b = format!("{}{base}\n[clients]\nmax_payload = 4096\n", state("b"));
+    let a = common::Daemon::start_logged(Some(&config_a), &["--name", "a"], Some("warn"));
+    let b = common::Daemon::start_logged(Some(&config_b), &["--name", "b"], Some("warn"));
+    for (d, me) in [(&a, "a"), (&b, "b")] {
+        let mut c = d.client("auditor");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let json = c.status().expect("status");
+            let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+            let refused = common::status_counter(&json, &["ring", "dropped_config_mismatch"]);
+            if v["ring"]["membership"] == "operational" && refused > 0 {
+                assert_eq!(v["ring"]["members"], serde_json::json!([me]), "{json}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "no refusal at {me}: {json}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Still serving its own clients.
+        c.join("alone").expect("join");
+        let name = c.private_name().to_owned();
+        common::expect_view(&mut c, "alone", &name, true);
+        let log = d.log();
+        assert!(
+            log.contains("configuration differs") && log.contains("limits"),
+            "{me}'s log does not name the key: {log}"
+        );
+    }
+}
