@@ -225,7 +225,8 @@ pub fn run_membership(seed: u64, cfg: MemberSimConfig) -> Result<MemberReport, M
     ring_template.max_unstable = ring_template.window_per_rotation * 4;
     ring_template.max_pending_messages = rng.gen_range(8..=64);
     ring_template.token_retransmit_timeout = Duration::from_millis(rng.gen_range(2..=6));
-    ring_template.token_loss_timeout = Duration::from_millis(rng.gen_range(30..=80));
+    // Like Corosync's token_coefficient: a bigger ring needs longer to go round and agree.
+    ring_template.token_loss_timeout = Duration::from_millis(rng.gen_range(30..=80) + 4 * n as u64);
     ring_template.idle_token_hold = Duration::from_micros(rng.gen_range(0..=800));
     ring_template.accelerated = rng.gen_bool(0.5);
     let max_delay = u64::try_from(cfg.max_delay.as_nanos()).unwrap_or(1).max(2);
@@ -370,7 +371,9 @@ impl Sim {
         let mut attempts = 0;
         let mut quiet_deadline: Option<Instant> = None;
         let mut steps = 0u64;
-        while steps < self.cfg.max_steps {
+        // Membership traffic grows with the square of the ring's size.
+        let max_steps = self.cfg.max_steps.max(2_000 * (n * n) as u64);
+        while steps < max_steps {
             steps += 1;
             if self.quiet && self.converged() {
                 return self.check_end();
@@ -1263,6 +1266,18 @@ mod tests {
             ..MemberSimConfig::default()
         });
         assert!(sum.views > 1000 && sum.installs > 1000, "{sum:?}");
+    }
+
+    /// Thirty-two daemons: membership traffic grows with the square of the ring, and
+    /// gathers must still agree (`--daemons 128` runs Spread's largest rings).
+    #[test]
+    fn membership_thirty_two_daemons() {
+        let sum = seeds(3000..3004, |_| MemberSimConfig {
+            daemons: 32,
+            faults: 4,
+            ..MemberSimConfig::default()
+        });
+        assert!(sum.installs > 100, "{sum:?}");
     }
 
     /// Seven daemons and many faults: larger rings re-form too.

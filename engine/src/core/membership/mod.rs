@@ -692,6 +692,12 @@ impl Membership {
         self.max_ring_seq = self.max_ring_seq.max(join.max_ring_seq);
         let current_id = self.current.config().ring_id;
         let member = self.current.config().members.contains(&from);
+        if join.fail.contains(&self.cfg.me) && !matches!(self.phase, Phase::Gather(_)) {
+            // Its sender has given up on this daemon for the run it is in; joining that run
+            // would only fail the sender in return and re-form this ring, once per join.
+            // Merge detection brings the two rings together once the sender's has formed.
+            return Err(Dropped::NotNow);
+        }
         match &self.phase {
             Phase::Operational => {
                 if member && self.installed && join.ring_id.seq < current_id.seq && !restarted {
@@ -775,6 +781,12 @@ impl Membership {
         let member = self.current.config().members.contains(&from);
         if member && p.ring_id.seq < current_id.seq && !restarted {
             return Err(Dropped::Stale);
+        }
+        if !matches!(self.phase, Phase::Operational) {
+            // A gathering daemon's joins reach the sender, which then gathers too and
+            // answers with joins of its own; letting every announcement reset this run
+            // as well would keep large rings from ever agreeing.
+            return Err(Dropped::NotNow);
         }
         self.foreign(now, from, p.ring_id)
     }
