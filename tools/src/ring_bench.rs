@@ -126,7 +126,11 @@ fn start_cluster(args: &RingBench) -> AnyResult<Cluster> {
         || std::net::TcpListener::bind("127.0.0.1:0"),
         |s| s.local_addr().map(|a| a.port()).unwrap_or(0),
     )?;
-    let mut config = format!("me = \"d0\"\nprofile = \"{}\"\n", profile_path.display());
+    let mut config = format!(
+        "me = \"d0\"\nprofile = \"{}\"\nstate_dir = \"{}\"\n",
+        profile_path.display(),
+        dir.join("state").display()
+    );
     for i in 0..3 {
         let _ = write!(
             config,

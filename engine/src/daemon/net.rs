@@ -724,11 +724,13 @@ mod tests {
         boxes: Boxes,
     }
 
-    fn node(me: &str, ports: [u16; 2], backend: &str) -> Node {
+    fn node(me: &str, ports: [u16; 2], backend: &str, state: &std::path::Path) -> Node {
         let text = format!(
-            "me = \"{me}\"\n[[daemons]]\nname = \"a\"\naddress = \"127.0.0.1\"\nring_port = {}\nclient_port = 1\n\
+            "me = \"{me}\"\nstate_dir = \"{}\"\n[[daemons]]\nname = \"a\"\naddress = \"127.0.0.1\"\nring_port = {}\nclient_port = 1\n\
              [[daemons]]\nname = \"b\"\naddress = \"127.0.0.1\"\nring_port = {}\nclient_port = 2\n",
-            ports[0], ports[1]
+            state.display(),
+            ports[0],
+            ports[1]
         );
         let config = Config::parse(&text, "test").unwrap();
         let mut profile = Profile::by_name("debug-loss").unwrap();
@@ -765,7 +767,11 @@ mod tests {
             held[1].local_addr().unwrap().port(),
         ];
         drop(held);
-        let mut nodes = [node("a", ports, backend), node("b", ports, backend)];
+        let state = tempfile::tempdir().unwrap();
+        let mut nodes = [
+            node("a", ports, backend, state.path()),
+            node("b", ports, backend, state.path()),
+        ];
         let list = crate::core::event::group_list_bytes(["g"]);
         let groups = crate::core::event::group_list_of(&list).unwrap();
         for (i, n) in nodes.iter_mut().enumerate() {
