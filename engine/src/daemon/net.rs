@@ -620,6 +620,7 @@ impl Sequencer for RingSequencer {
             "recovery_packets_sent": m.recovery_sent,
             "recovered_packets": m.recovered,
             "state_exchanges": sync.exchanges,
+            "stalled_rings_reformed": m.stalls,
             "send_errors": n.send_errors + io.send_errors,
             "send_dropped": io.send_dropped,
             "syscalls": io.syscalls,

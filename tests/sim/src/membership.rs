@@ -125,6 +125,7 @@ enum Fault {
     Heal,
     LossBurst,
     OneWay,
+    ForgedToken,
 }
 
 /// One daemon run's view, as the checker follows it.
@@ -197,6 +198,8 @@ struct Sim {
     burst_until: Instant,
     /// Links cut in one direction only (from, to), until healed.
     one_way: HashSet<(usize, usize)>,
+    /// The last token seen on the network (from, to, bytes), for forging.
+    last_token: Option<(usize, usize, Vec<u8>)>,
     quiet: bool,
     queue: BinaryHeap<Reverse<(u64, u64)>>,
     in_flight: HashMap<u64, Packet>,
@@ -247,6 +250,7 @@ pub fn run_membership(seed: u64, cfg: MemberSimConfig) -> Result<MemberReport, M
         link_base,
         burst_until: Instant::ZERO,
         one_way: HashSet::new(),
+        last_token: None,
         quiet: false,
         queue: BinaryHeap::new(),
         in_flight: HashMap::new(),
@@ -357,6 +361,7 @@ impl Sim {
             Fault::Heal,
             Fault::LossBurst,
             Fault::OneWay,
+            Fault::ForgedToken,
         ]
         .into_iter()
         .filter(|_| self.rng.gen_bool(0.6))
@@ -513,6 +518,25 @@ impl Sim {
                 self.component.iter_mut().for_each(|c| *c = 0);
                 self.one_way.clear();
             }
+            Fault::ForgedToken => {
+                // A captured token with its hop counter and sequence number raised, sent
+                // as if from the predecessor: the real token that follows looks old, and
+                // the ring asks for sequence numbers nobody assigned.
+                if let Some((from, to, mut bytes)) = self.last_token.clone()
+                    && bytes.len() >= 28
+                {
+                    let bump = |b: &mut [u8]| {
+                        let v = u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+                        b.copy_from_slice(&v.saturating_add(16_384).to_le_bytes());
+                    };
+                    bump(&mut bytes[12..20]);
+                    bump(&mut bytes[20..28]);
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.queue.push(Reverse((self.now.as_nanos() + 1, id)));
+                    self.in_flight.insert(id, Packet { from, to, bytes });
+                }
+            }
             Fault::OneWay => {
                 let from = self.rng.gen_range(0..n);
                 let to = self.rng.gen_range(0..n);
@@ -654,6 +678,9 @@ impl Sim {
         let base = self.link_base[from * n + to];
         let max_delay = u64::try_from(self.cfg.max_delay.as_nanos()).unwrap_or(1);
         let delay = base + self.rng.gen_range(0..=max_delay.saturating_sub(base));
+        if self.buf.get(1) == Some(&2) {
+            self.last_token = Some((from, to, self.buf.clone()));
+        }
         let id = self.next_id;
         self.next_id += 1;
         self.queue.push(Reverse((self.now.as_nanos() + delay, id)));
@@ -1182,6 +1209,12 @@ fn trace_packet<E: std::fmt::Debug>(
                 c.members.iter().map(|m| m.daemon.0).collect::<Vec<_>>()
             )
         }),
+        Some(PacketKind::Ring(id)) if result.is_err() => Ok(format!(
+            "ring {}.{} kind {} refused",
+            id.representative.0,
+            id.seq,
+            bytes.get(1).copied().unwrap_or(0)
+        )),
         _ => return,
     };
     println!("{t} d{to} <- d{from} {what:?} => {result:?}");

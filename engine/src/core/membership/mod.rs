@@ -94,6 +94,9 @@ pub struct MembershipConfig {
     pub consensus_timeout: Duration,
     /// How often a representative announces its ring to daemons outside it.
     pub merge_interval: Duration,
+    /// A ring with work waiting that holds nothing new for this long re-forms: a token that
+    /// circulates without progress (a forged or corrupt one) must not wedge it for ever.
+    pub stall_timeout: Duration,
 }
 
 impl MembershipConfig {
@@ -109,6 +112,7 @@ impl MembershipConfig {
             join_timeout: (loss / 20).max(Duration::from_millis(1)),
             consensus_timeout: (loss / 4).max(Duration::from_millis(4)),
             merge_interval: loss,
+            stall_timeout: loss * 2,
             ring,
         }
     }
@@ -211,6 +215,8 @@ pub struct MembershipStats {
     pub recovered: u64,
     /// Submissions refused because the wait queue was full.
     pub refused: u64,
+    /// Runs started because the ring made no progress with work waiting.
+    pub stalls: u64,
 }
 
 /// The membership state, as reported to operators.
@@ -328,6 +334,8 @@ pub struct Membership {
     /// The deferred message being handed out (its bytes are lent from here).
     lent: Option<(u64, DaemonIdx, Service, Vec<u8>)>,
     next_presence: Instant,
+    /// The running ring, its received-through point, and since when that has not moved.
+    progress: (RingId, u64, Instant),
     notes: VecDeque<Note>,
     stats: MembershipStats,
     /// Counters of rings this daemon no longer runs.
@@ -382,6 +390,7 @@ impl Membership {
             deferred: VecDeque::new(),
             lent: None,
             next_presence: now,
+            progress: (RingId::default(), 0, now),
             notes: VecDeque::new(),
             stats: MembershipStats::default(),
             retired: RingStats::default(),
@@ -586,6 +595,7 @@ impl Membership {
                 Err(e) => Err(e.into()),
             },
         };
+        self.note_progress(now);
         match &result {
             Err(Dropped::Membership(_)) => self.stats.bad_packets += 1,
             Err(Dropped::Stale) => self.stats.stale_packets += 1,
@@ -643,6 +653,12 @@ impl Membership {
                 if self.current.token_loss_deadline().is_some_and(|t| t <= now) {
                     self.stats.token_losses += 1;
                     self.start_gather(now, &[], "token loss");
+                    return;
+                }
+                self.note_progress(now);
+                if self.stall_deadline().is_some_and(|t| t <= now) {
+                    self.stats.stalls += 1;
+                    self.start_gather(now, &[], "no progress with messages waiting");
                     return;
                 }
                 if self.next_presence <= now {
@@ -717,6 +733,15 @@ impl Membership {
                     self.start_gather(now, &[], "token loss in recovery");
                     return;
                 }
+                self.note_progress(now);
+                if self.stall_deadline().is_some_and(|t| t <= now) {
+                    self.stats.stalls += 1;
+                    self.start_gather(now, &[], "no progress in recovery");
+                    return;
+                }
+                let Phase::Recovery(r) = &mut self.phase else {
+                    return;
+                };
                 if let Some(n) = r.new.as_mut()
                     && n.poll_timeout().is_some_and(|t| t <= now)
                 {
@@ -749,6 +774,40 @@ impl Membership {
         self.out.push_back((Dest::Everyone, b));
     }
 
+    /// The ring now carrying traffic: the new one during recovery, once it exists.
+    fn running_ring(&self) -> &Ring {
+        match &self.phase {
+            Phase::Recovery(r) => r.new.as_ref().unwrap_or(&self.current),
+            _ => &self.current,
+        }
+    }
+
+    /// Restarts the stall clock whenever the running ring holds or delivers more (or is a
+    /// new ring).
+    fn note_progress(&mut self, now: Instant) {
+        let ring = self.running_ring();
+        let id = ring.config().ring_id;
+        let s = ring.state();
+        let mark = s.my_aru.wrapping_add(s.delivered_through);
+        if (id, mark) != (self.progress.0, self.progress.1) {
+            self.progress = (id, mark, now);
+        }
+    }
+
+    /// When a running ring with work waiting that makes no progress must re-form; `None`
+    /// while it is idle, or while no ring runs (gather and commit have their own timers).
+    fn stall_deadline(&self) -> Option<Instant> {
+        let running = match &self.phase {
+            Phase::Operational => self.installed,
+            Phase::Recovery(r) => r.new.is_some() && r.finish == Finish::Recovering,
+            _ => false,
+        };
+        let ring = self.running_ring();
+        let same_ring = self.progress.0 == ring.config().ring_id;
+        (running && same_ring && ring.work_waiting())
+            .then(|| self.progress.2 + self.cfg.stall_timeout)
+    }
+
     /// When [`Membership::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let min = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
@@ -763,7 +822,7 @@ impl Membership {
                         self.current.poll_timeout(),
                         self.current.token_loss_deadline(),
                     ),
-                    presence,
+                    min(presence, self.stall_deadline()),
                 )
             }
             Phase::Gather(g) => min(
@@ -776,7 +835,7 @@ impl Membership {
                     Some(n) => min(n.poll_timeout(), n.token_loss_deadline()),
                     None => Some(r.deadline),
                 };
-                min(ring, r.resend_at)
+                min(min(ring, r.resend_at), self.stall_deadline())
             }
         }
     }

@@ -431,6 +431,16 @@ impl Ring {
         }
     }
 
+    /// Whether the ring has work it cannot finish without progress: messages to send, a
+    /// token naming packets this daemon lacks, or held messages not yet deliverable (SAFE
+    /// waiting for acknowledgement). An idle ring has none.
+    pub fn work_waiting(&self) -> bool {
+        !self.pending.is_empty()
+            || self.token.seq > self.my_aru
+            || self.high_seq > self.my_aru
+            || self.deliver_seq <= self.my_aru
+    }
+
     /// The stored data packet `seq`, exactly as it travelled, if held.
     pub fn held_packet(&self, seq: u64) -> Option<&[u8]> {
         self.store.get(seq)
