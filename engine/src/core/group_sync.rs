@@ -19,15 +19,38 @@ use super::membership::Configuration;
 use super::ring::{DaemonIdx, RingId};
 use super::table::{GroupTable, Outbox};
 
+// View epochs are `ring seq << 16 | low`, the low 16 bits telling apart the views given in
+// one ring's lifetime: below 0x8000 the ring's own (its representative's index), then
+// those a daemon gave alone after an interrupted state exchange (0x8000 + its index), then
+// those of a transitional configuration (0xC000 + its lowest daemon). Client view ids so
+// grow through a change, and ring sequence numbers only grow. Daemon indices stay below
+// 2^14 (the configuration's daemon limit is far lower).
+
 /// A configuration's view epoch: unique per ring id, growing with the ring sequence
 /// number (which is persisted and only grows), so group view ids never repeat across
 /// partitions or restarts.
 pub fn epoch_of(ring: RingId) -> u64 {
-    (ring.seq << 16) | u64::from(ring.representative.0)
+    (ring.seq << 16) | u64::from(ring.representative.0 & 0x3fff)
+}
+
+/// The view epoch of what daemon `me` applies alone when the state exchange of ring `ring`
+/// is cut short (its table may differ from the other daemons', so its ids must too).
+pub fn cut_short_epoch_of(ring: RingId, me: DaemonIdx) -> u64 {
+    (ring.seq << 16) | 0x8000 | u64::from(me.0 & 0x3fff)
+}
+
+/// The view epoch of the transitional configuration that daemons `moving` (sorted) form
+/// when they leave ring `old`: above `old`'s epoch, below that of any later ring (whose
+/// sequence number is higher), and different for each set moving together, since those
+/// sets are disjoint and each is named by its lowest daemon.
+pub fn transitional_epoch_of(old: RingId, moving: &[DaemonIdx]) -> u64 {
+    let lowest = moving.first().map_or(0, |d| d.0 & 0x3fff);
+    (old.seq << 16) | 0xc000 | u64::from(lowest)
 }
 
 #[derive(Debug)]
 struct Exchange {
+    ring: RingId,
     epoch: u64,
     members: Vec<DaemonIdx>,
     /// Each member's State event, once delivered (by position in `members`).
@@ -178,8 +201,37 @@ impl GroupSync {
         table: &mut GroupTable,
         out: &mut dyn Outbox,
     ) {
+        // Events held by an exchange were ordered before this configuration ended.
+        self.cut_short(table, out);
         let keep: Vec<&str> = c.members.iter().map(|&d| self.name(d)).collect();
+        // Until an exchange completes, daemons moving together may hold different tables,
+        // so their views must not share ids.
+        let epoch = if self.force_exchange {
+            cut_short_epoch_of(c.ring_id, self.me)
+        } else {
+            transitional_epoch_of(c.ring_id, &c.members)
+        };
+        table.begin_transitional_epoch(epoch);
         table.transitional(&|daemon| keep.contains(&daemon), out);
+    }
+
+    /// Ends an exchange that a configuration change interrupted: what it held was ordered
+    /// in the ended configuration, so it is applied to this table (this daemon's own
+    /// clients' changes then show in its next state), and the next configuration
+    /// exchanges state whatever its members.
+    fn cut_short(&mut self, table: &mut GroupTable, out: &mut dyn Outbox) {
+        let Some(x) = self.exchange.take() else {
+            return;
+        };
+        self.stats.cut_short += 1;
+        table.begin_transitional_epoch(cut_short_epoch_of(x.ring, self.me));
+        for bytes in &x.held {
+            if let Ok((event, _)) = Event::decode(bytes) {
+                self.stats.applied += 1;
+                table.apply(&event, out);
+            }
+        }
+        self.force_exchange = true;
     }
 
     /// A new regular configuration: installs its epoch, or starts a state exchange and
@@ -191,18 +243,7 @@ impl GroupSync {
         out: &mut dyn Outbox,
     ) -> Option<Vec<u8>> {
         let epoch = epoch_of(c.ring_id);
-        if let Some(x) = self.exchange.take() {
-            // Cut short: what was held was ordered in the ended configuration; apply it to
-            // this table so that this daemon's own clients' changes are in its next state.
-            self.stats.cut_short += 1;
-            for bytes in &x.held {
-                if let Ok((event, _)) = Event::decode(bytes) {
-                    self.stats.applied += 1;
-                    table.apply(&event, out);
-                }
-            }
-            self.force_exchange = true;
-        }
+        self.cut_short(table, out);
         let merge = c.members != c.moved_with_me;
         if !merge && !self.force_exchange {
             table.install(epoch, out);
@@ -211,6 +252,7 @@ impl GroupSync {
         self.force_exchange = false;
         self.stats.exchanges += 1;
         self.exchange = Some(Exchange {
+            ring: c.ring_id,
             epoch,
             members: c.members.clone(),
             states: vec![None; c.members.len()],

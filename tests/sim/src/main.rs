@@ -43,6 +43,10 @@ struct Args {
     /// Faults per membership run.
     #[arg(long, default_value_t = 6)]
     faults: usize,
+    /// Membership runs also drive every daemon's group table (clients join, leave and
+    /// send; their views are checked).
+    #[arg(long)]
+    groups: bool,
 }
 
 /// Runs membership seeds; daemons default to 2..=6 drawn from the seed.
@@ -54,6 +58,7 @@ fn membership(args: &Args, seeds: std::ops::Range<u64>) -> ExitCode {
         let cfg = MemberSimConfig {
             daemons,
             faults: args.faults,
+            groups: args.groups,
             ..MemberSimConfig::default()
         };
         match run_membership(seed, cfg) {
@@ -69,8 +74,9 @@ fn membership(args: &Args, seeds: std::ops::Range<u64>) -> ExitCode {
             Err(v) => {
                 eprintln!("seed {seed} ({daemons} daemons) failed: {v}");
                 eprintln!(
-                    "replay: cargo run --release -p conclave-sim -- membership --seed {seed} --daemons {daemons} --faults {}",
-                    args.faults
+                    "replay: cargo run --release -p conclave-sim -- membership --seed {seed} --daemons {daemons} --faults {}{}",
+                    args.faults,
+                    if args.groups { " --groups" } else { "" }
                 );
                 return ExitCode::FAILURE;
             }

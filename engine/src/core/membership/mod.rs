@@ -984,7 +984,9 @@ impl Membership {
                 });
                 match submitted {
                     Ok(()) => self.stats.recovery_sent += 1,
-                    Err(SubmitError::Backpressure) => return,
+                    // The queue drains as the ring orders it (a ring of one, in the drain
+                    // below): continue from here next time.
+                    Err(SubmitError::Backpressure) => break,
                     Err(SubmitError::TooLarge { .. }) => {
                         debug_assert!(false, "an old packet always fits a message");
                     }
@@ -992,7 +994,7 @@ impl Membership {
             }
             r.cursor += 1;
         }
-        if !r.marker_sent {
+        if !r.marker_sent && r.cursor > r.last {
             let marker = [TAG_MARKER, me.0.to_le_bytes()[0], me.0.to_le_bytes()[1]];
             if new.submit(Service::Agreed, &marker).is_ok() {
                 r.marker_sent = true;

@@ -590,6 +590,13 @@ impl Ring {
     }
 
     fn store_packet(&mut self, seq: u64, datagram: &[u8]) {
+        debug_assert!(
+            seq <= self.horizon().max(
+                self.high_seq
+                    .saturating_add(u64::from(self.cfg.max_unstable))
+            ),
+            "stored packet {seq} beyond the store's bound"
+        );
         if let Some(slot) = self.store.slot(seq, &mut self.pool) {
             slot.clear();
             slot.extend_from_slice(datagram);
@@ -628,6 +635,10 @@ impl Ring {
         // both lower bounds, across a full rotation, of what every daemon holds.
         let proven = self.token.aru.min(self.last_forwarded_aru).min(self.my_aru);
         self.safe_upto = self.safe_upto.max(proven);
+        debug_assert!(
+            self.safe_upto <= self.my_aru,
+            "safe beyond what this daemon holds"
+        );
         self.collect();
 
         let idle = self.cfg.me == self.cfg.ring_id.representative
@@ -748,6 +759,11 @@ impl Ring {
             self.token.aru_id = (self.token.aru != self.token.seq).then_some(me);
         }
 
+        debug_assert!(self.token.aru <= self.token.seq, "token aru above its seq");
+        debug_assert!(
+            self.my_aru <= self.high_seq,
+            "aru above the highest seq seen"
+        );
         self.last_forwarded_aru = self.token.aru;
         self.forwarded_seq = Some(self.token.seq);
         self.token.token_seq = self.token.token_seq.saturating_add(1);

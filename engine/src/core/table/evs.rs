@@ -215,6 +215,20 @@ impl GroupTable {
         }
     }
 
+    /// Views given from now until the next install (in a transitional configuration) use
+    /// `epoch`, seqs counting from 1 (again only if the epoch changes). Daemons that move
+    /// together deliver the old configuration's last messages in the transitional
+    /// configuration, to a table without the departed daemons' clients, while daemons that
+    /// did not move with them may deliver the same messages in the regular one: the
+    /// resulting views differ, so their ids must too. The caller picks an epoch above the
+    /// old one, below the next, and different for every set of daemons moving together.
+    pub fn begin_transitional_epoch(&mut self, epoch: u64) {
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.changes = 0;
+        }
+    }
+
     /// Starts configuration `epoch`: view seqs restart, and the transition is over.
     fn set_epoch(&mut self, epoch: u64) {
         self.epoch = epoch;
