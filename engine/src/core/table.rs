@@ -801,7 +801,7 @@ mod tests {
                 groups: GroupsConfig {
                     default: Openness::Open,
                     closed: closed.iter().map(|s| s.to_string()).collect(),
-                    open: vec![],
+                    ..GroupsConfig::default()
                 },
                 max_groups_per_client: 3,
                 epoch: 1,
