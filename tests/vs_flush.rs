@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::cluster::{Backend, Cluster, profile_text};
 use common::{
     Daemon, drain, expect_event, expect_goodbye_then_close, expect_own_view, expect_view,
 };
@@ -81,8 +82,13 @@ fn payloads(events: &[Event]) -> Vec<Vec<u8>> {
 
 /// `a` and `b` in `vs.room`, b's join flushed by a.
 fn pair(d: &Daemon) -> (Connection, Connection) {
-    let mut a = d.client("a");
-    let mut b = d.client("b");
+    pair_on(d, d)
+}
+
+/// As [`pair`], with `a` a client of `da` and `b` of `db`.
+fn pair_on(da: &Daemon, db: &Daemon) -> (Connection, Connection) {
+    let mut a = da.client("a");
+    let mut b = db.client("b");
     a.join("vs.room").unwrap();
     expect_own_view(&mut a, "vs.room");
     b.join("vs.room").unwrap();
@@ -97,8 +103,35 @@ fn pair(d: &Daemon) -> (Connection, Connection) {
 #[test]
 fn a_join_is_flushed_by_the_old_members_and_earlier_messages_come_before_the_view() {
     let d = Daemon::start_with(Some(&config(10_000)), &[]);
-    let (mut a, mut b) = pair(&d);
-    let mut c = d.client("c");
+    join_is_flushed(&d, &d, &d);
+}
+
+#[test]
+fn a_join_is_flushed_alike_across_a_ring_of_two() {
+    // a and c on d1, b on d2: FlushOk is ordered like any event, so both daemons count
+    // the answers at the same point and deliver the same messages before the view.
+    let mut cluster = Cluster::start_some(
+        &["d1", "d2"],
+        0,
+        &profile_text("default", Backend::Fallback),
+    );
+    cluster
+        .config
+        .push_str("\n[groups]\nclosed = [\"vs.*\"]\nvs = [\"vs.*\"]\nflush_timeout_ms = 10000\n");
+    for i in 0..2 {
+        cluster.daemons.push(Daemon::start_with(
+            Some(&cluster.config),
+            &["--name", &cluster.names[i]],
+        ));
+    }
+    let (d1, d2) = (&cluster.daemons[0], &cluster.daemons[1]);
+    join_is_flushed(d1, d2, d1);
+}
+
+/// Two members (`a` of `da`, `b` of `db`) flush the join of `c` (of `dc`).
+fn join_is_flushed(da: &Daemon, db: &Daemon, dc: &Daemon) {
+    let (mut a, mut b) = pair_on(da, db);
+    let mut c = dc.client("c");
     let cn = c.private_name().to_owned();
     c.join("vs.room").unwrap();
     let va = expect_flush(&mut a, "vs.room", MembershipReason::Join, &cn);
