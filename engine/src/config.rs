@@ -1104,6 +1104,10 @@ client_port = 5001
         assert_eq!(e.key, "clients.max_payload");
         let e = err(&format!("{ONE}[groups]\nclosed = [\"bad name*\"]\n"));
         assert_eq!(e.key, "groups.closed[0]");
+        let e = err(&format!("{ONE}[groups]\nvs = [\"ok\", \"a b*\"]\n"));
+        assert_eq!(e.key, "groups.vs[1]");
+        let e = err(&format!("{ONE}[groups]\nflush_timeout_ms = 0\n"));
+        assert_eq!(e.key, "groups.flush_timeout_ms");
         let e = err(&ONE.replacen("me = \"a\"", "me = \"a\"\nprofile = \"nope\"", 1));
         assert_eq!(e.key, "profile");
         assert_eq!(e.to_string(), format!("test.toml: profile: {}", e.reason));

@@ -995,4 +995,43 @@ mod tests {
         assert_eq!(seen[1], net("vs", Regular, 2, 1, &["#a#d1", "#y#d3"]));
         assert!(w.boxes.1.is_empty());
     }
+
+    #[test]
+    fn a_merge_lists_queued_changes_as_done_and_ends_the_rounds_under_way() {
+        let mut w = world_vs(&["vs*"], &["vs*"]);
+        w.table.bind_local("#a#d1", 1);
+        w.boxes.0.insert(1, Vec::new());
+        for c in ["#a#d1", "#b#d1", "#x#d2"] {
+            w.apply(Event::Connect { client: c });
+        }
+        w.join("#a#d1", "vs");
+        w.join("#x#d2", "vs");
+        all_flush(&mut w, "vs");
+        // b's join waits for a and x; a owes an answer.
+        w.join("#b#d1", "vs");
+        assert_eq!(w.table.groups()[0].flush_pending, 1);
+        assert!(w.boxes.1.contains(&(1, "vs".into())));
+        w.boxes.take(1);
+        let mut d1 = Vec::new();
+        w.table.state_of("d1", &mut d1);
+        let mut d2 = Vec::new();
+        w.table.state_of("d2", &mut d2);
+        let (s1, _) = Event::decode(&d1).unwrap();
+        let (s2, _) = Event::decode(&d2).unwrap();
+        let Event::State { clients, .. } = s1 else {
+            panic!("{s1:?}")
+        };
+        let listed: Vec<(&str, Vec<&str>)> = clients
+            .iter()
+            .map(|(n, g)| (n, g.iter().collect()))
+            .collect();
+        assert_eq!(listed, [("#a#d1", vec!["vs"]), ("#b#d1", vec!["vs"])]);
+        w.table.merge(2, &[s1, s2], &mut w.boxes);
+        assert!(w.boxes.1.is_empty(), "the merge ends the round");
+        assert_eq!(
+            w.boxes.take(1),
+            [net("vs", Regular, 2, 1, &["#a#d1", "#b#d1", "#x#d2"])]
+        );
+        assert_eq!(w.table.groups()[0].flush_pending, 0);
+    }
 }
