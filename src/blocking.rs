@@ -313,7 +313,8 @@ impl Connection {
     /// borrowed from the read buffer (no allocation per message).
     ///
     /// Returns the number of frames handed out (0 on timeout). Frames are the raw daemon
-    /// frames: data, membership, error, status and goodbye.
+    /// frames: data, membership, error, status, goodbye and flush request (tracked for
+    /// [`Connection::flush_ok`] and answered here in automatic mode).
     pub fn receive_frames(
         &mut self,
         timeout: Duration,
