@@ -125,6 +125,19 @@ impl Connection {
         self.session.max_payload()
     }
 
+    /// Answers the pending FlushRequest of Virtual Synchrony group `group` (see
+    /// [`crate::Connection::flush_ok`]).
+    pub async fn flush_ok(&mut self, group: &str) -> Result<()> {
+        self.session.flush_ok(group)?;
+        self.flush().await
+    }
+
+    /// Answer every FlushRequest automatically (see
+    /// [`crate::Connection::set_auto_flush_ok`]).
+    pub fn set_auto_flush_ok(&mut self, on: bool) {
+        self.session.set_auto_flush_ok(on);
+    }
+
     /// Joins a group.
     pub async fn join(&mut self, group: &str) -> Result<()> {
         self.session.join(group)?;
@@ -200,6 +213,9 @@ impl Connection {
         let next = async {
             loop {
                 if let Some(event) = self.session.next_event()? {
+                    if self.session.take_auto_answered() {
+                        self.flush().await?;
+                    }
                     return Ok(event);
                 }
                 if self.session.closed_reason().is_some() {
@@ -228,7 +244,11 @@ impl Connection {
                 return Ok(0);
             }
         }
-        self.session.drain_frames(f)
+        let n = self.session.drain_frames(f)?;
+        if self.session.take_auto_answered() {
+            self.flush().await?;
+        }
+        Ok(n)
     }
 
     /// Asks for the daemon's status JSON; other events are kept for `receive`.

@@ -173,6 +173,22 @@ impl Connection {
         self.session.closed_reason()
     }
 
+    /// Answers the pending FlushRequest of Virtual Synchrony group `group`: what was sent
+    /// to it before this call is delivered in the current view. Until the group's next
+    /// view arrives, multicasts naming it fail with [`Error::Flushing`]. Fails with
+    /// [`Error::NoFlushRequest`] when no request waits for an answer.
+    pub fn flush_ok(&mut self, group: &str) -> Result<()> {
+        self.session.flush_ok(group)?;
+        self.flush()
+    }
+
+    /// Answer every FlushRequest automatically, as soon as the sends queued before it
+    /// are handed to the daemon (`true`), or leave them to [`Connection::flush_ok`]
+    /// (`false`, the default). [`Event::FlushRequest`] is delivered either way.
+    pub fn set_auto_flush_ok(&mut self, on: bool) {
+        self.session.set_auto_flush_ok(on);
+    }
+
     /// Joins a group (created on first join); the membership notification follows.
     pub fn join(&mut self, group: &str) -> Result<()> {
         self.session.join(group)?;
@@ -278,6 +294,9 @@ impl Connection {
         let mut wait = timeout;
         loop {
             if let Some(event) = self.session.next_event()? {
+                if self.session.take_auto_answered() {
+                    self.flush()?;
+                }
                 return Ok(Some(event));
             }
             if self.session.closed_reason().is_some() {
@@ -294,7 +313,8 @@ impl Connection {
     /// borrowed from the read buffer (no allocation per message).
     ///
     /// Returns the number of frames handed out (0 on timeout). Frames are the raw daemon
-    /// frames: data, membership, error, status and goodbye.
+    /// frames: data, membership, error, status, goodbye and flush request (tracked for
+    /// [`Connection::flush_ok`] and answered here in automatic mode).
     pub fn receive_frames(
         &mut self,
         timeout: Duration,
@@ -308,7 +328,11 @@ impl Connection {
             // frame waits for the next call.
             self.fill(timeout)?;
         }
-        self.session.drain_frames(f)
+        let n = self.session.drain_frames(f)?;
+        if self.session.take_auto_answered() {
+            self.flush()?;
+        }
+        Ok(n)
     }
 
     /// Asks the daemon for its status (clients, groups, counters) as JSON text; events that

@@ -63,6 +63,19 @@ pub enum Error {
     /// The daemon did not answer in time.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    /// A multicast names a Virtual Synchrony group this client has answered a flush
+    /// request for: it may send to it again once the group's next view arrives.
+    #[error("group {group:?} is flushing: sends wait for its next view")]
+    Flushing {
+        /// The group.
+        group: String,
+    },
+    /// `flush_ok` for a group with no flush request waiting for an answer.
+    #[error("no flush request of group {group:?} waits for an answer")]
+    NoFlushRequest {
+        /// The group.
+        group: String,
+    },
 }
 
 /// The SDK's result type.

@@ -57,6 +57,20 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A Virtual Synchrony group's membership is about to change: send what must still be
+    /// delivered in the current view, then answer with `flush_ok(group)` (or let the
+    /// connection's automatic mode answer: then this is already answered). The new view
+    /// follows once every staying member has answered.
+    FlushRequest {
+        /// The group.
+        group: String,
+        /// The view being flushed (the group's current view).
+        view_id: ViewId,
+        /// The pending change: join, leave, disconnect or network.
+        reason: MembershipReason,
+        /// Who the pending change is about (empty for a network change).
+        changed: Vec<String>,
+    },
 }
 
 impl Event {
@@ -105,6 +119,17 @@ impl Event {
             },
             DaemonFrame::Goodbye { reason } => Event::Goodbye {
                 reason: reason.to_owned(),
+            },
+            DaemonFrame::FlushRequest {
+                group,
+                view_id,
+                reason,
+                changed,
+            } => Event::FlushRequest {
+                group: group.to_owned(),
+                view_id,
+                reason,
+                changed: changed.iter().map(str::to_owned).collect(),
             },
             DaemonFrame::Welcome { .. } => return Err(Error::Unexpected("welcome after hello")),
             DaemonFrame::Refused { .. } => return Err(Error::Unexpected("refused after welcome")),

@@ -34,6 +34,12 @@
 //! [`Connection::flush`] once, and read with [`Connection::receive_frames`], which hands
 //! out every frame of one large read borrowed, without allocating. With the `tokio`
 //! feature, [`tokio::Connection`] offers the same operations as `async fn`s.
+//!
+//! In a group the daemons' configuration marks for Virtual Synchrony (`[groups] vs`), a
+//! membership change first brings [`Event::FlushRequest`]: send what belongs in the
+//! current view, then call [`Connection::flush_ok`] (or let
+//! [`Connection::set_auto_flush_ok`] answer); sends to the group then fail with
+//! [`Error::Flushing`] until its next view arrives (docs/client-protocol.md).
 #![forbid(unsafe_code)]
 
 pub mod address;

@@ -4,10 +4,10 @@
 //! they move bytes between a socket and [`Session::read_space`] / [`Session::output`], and
 //! the session does everything else. Nothing here touches a socket or a clock.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use conclave_control::wire::client::{
-    self, DaemonFrame, MAX_TARGET_GROUPS, PROTOCOL_VERSION, Service, decode_daemon, encode,
+    self, DaemonFrame, MAX_TARGET_GROUPS, PROTOCOL_VERSION, Service, ViewId, decode_daemon, encode,
     split_frame,
 };
 use conclave_control::wire::names;
@@ -44,6 +44,16 @@ pub struct Session {
     closed: Option<String>,
     /// The id of the request queued last (0: none yet); ids count up from 1 and wrap.
     last_request: u32,
+    /// Virtual Synchrony groups whose FlushRequest the application has not answered yet,
+    /// with the view id to echo.
+    flush_requested: HashMap<String, ViewId>,
+    /// Groups this client sent FlushOk for: sending to them is refused
+    /// ([`Error::Flushing`]) until their next view arrives.
+    flushed: HashSet<String>,
+    /// Answer every FlushRequest at once (after the output already queued).
+    auto_flush_ok: bool,
+    /// A FlushOk was queued automatically: the front end should write it out now.
+    auto_answered: bool,
 }
 
 impl Session {
@@ -69,6 +79,10 @@ impl Session {
             pending: VecDeque::new(),
             closed: None,
             last_request: 0,
+            flush_requested: HashMap::new(),
+            flushed: HashSet::new(),
+            auto_flush_ok: false,
+            auto_answered: false,
         };
         encode::hello(&mut s.wbuf, PROTOCOL_VERSION, name);
         Ok(s)
@@ -220,13 +234,16 @@ impl Session {
     pub fn next_event(&mut self) -> Result<Option<Event>> {
         if let Some(body) = self.pending.pop_front() {
             let frame = decode_daemon(&body)?;
-            return Event::from_frame(&frame).map(Some);
+            let event = Event::from_frame(&frame)?;
+            self.observe(&event);
+            return Ok(Some(event));
         }
         let Some((a, b)) = self.split_next()? else {
             return Ok(None);
         };
         let frame = decode_daemon(&self.rbuf[a..b])?;
         let event = Event::from_frame(&frame)?;
+        self.observe(&event);
         if let Event::Goodbye { reason } = &event {
             self.closed = Some(reason.clone());
         }
@@ -241,10 +258,21 @@ impl Session {
         let mut count = 0;
         while let Some(body) = self.pending.pop_front() {
             let frame = decode_daemon(&body)?;
+            self.observe_frame(&frame);
             f(&frame);
             count += 1;
         }
         while let Some((a, b)) = self.split_next()? {
+            // The flush bookkeeping needs `self` while the frame borrows the read buffer:
+            // the rare frames it cares about are decoded twice rather than copied.
+            if matches!(
+                decode_daemon(&self.rbuf[a..b])?,
+                DaemonFrame::FlushRequest { .. } | DaemonFrame::Membership { .. }
+            ) {
+                let body = self.rbuf[a..b].to_vec();
+                let frame = decode_daemon(&body)?;
+                self.observe_frame(&frame);
+            }
             let frame = decode_daemon(&self.rbuf[a..b])?;
             if let DaemonFrame::Goodbye { reason } = frame {
                 self.closed = Some(reason.to_owned());
@@ -253,6 +281,77 @@ impl Session {
             count += 1;
         }
         Ok(count)
+    }
+
+    /// Keeps the flush state in step with an event handed to the application.
+    fn observe(&mut self, event: &Event) {
+        match event {
+            Event::FlushRequest { group, view_id, .. } => self.flush_request(group, *view_id),
+            Event::Membership { group, .. } => self.new_view(group),
+            _ => {}
+        }
+    }
+
+    /// As [`Session::observe`], for a borrowed frame.
+    fn observe_frame(&mut self, frame: &DaemonFrame<'_>) {
+        match *frame {
+            DaemonFrame::FlushRequest { group, view_id, .. } => self.flush_request(group, view_id),
+            DaemonFrame::Membership { group, .. } => self.new_view(group),
+            _ => {}
+        }
+    }
+
+    fn flush_request(&mut self, group: &str, view_id: ViewId) {
+        // A repeated request (a flush started again after a configuration change) is
+        // answered again, even after an earlier FlushOk.
+        self.flushed.remove(group);
+        self.flush_requested.insert(group.to_owned(), view_id);
+        if self.auto_flush_ok {
+            // Everything queued for the group so far is ahead of this in the output.
+            let _ = self.flush_ok(group);
+            self.auto_answered = true;
+        }
+    }
+
+    /// A view of `group` ends its flush: sends to it are allowed again.
+    fn new_view(&mut self, group: &str) {
+        self.flushed.remove(group);
+        self.flush_requested.remove(group);
+    }
+
+    /// Answer FlushRequests automatically (`true`) or leave them to the application's
+    /// [`Session::flush_ok`] (`false`, the default).
+    pub fn set_auto_flush_ok(&mut self, on: bool) {
+        self.auto_flush_ok = on;
+    }
+
+    /// Whether FlushRequests are answered automatically.
+    pub fn auto_flush_ok(&self) -> bool {
+        self.auto_flush_ok
+    }
+
+    /// True once after a FlushOk was queued automatically: the front end writes it out.
+    pub fn take_auto_answered(&mut self) -> bool {
+        std::mem::take(&mut self.auto_answered)
+    }
+
+    /// Queues the FlushOk answering the pending FlushRequest of `group`, after whatever
+    /// is queued already (so those sends are in the old view). Until the group's next view
+    /// arrives, multicasts naming it fail with [`Error::Flushing`].
+    pub fn flush_ok(&mut self, group: &str) -> Result<()> {
+        let Some(view_id) = self.flush_requested.remove(group) else {
+            return Err(Error::NoFlushRequest {
+                group: group.to_owned(),
+            });
+        };
+        encode::flush_ok(&mut self.wbuf, group, view_id);
+        self.flushed.insert(group.to_owned());
+        Ok(())
+    }
+
+    /// Groups whose FlushRequest is waiting for the application's answer.
+    pub fn flush_requests(&self) -> impl Iterator<Item = &str> {
+        self.flush_requested.keys().map(String::as_str)
     }
 
     /// Looks for a status answer in what was read, putting other frames aside in order.
@@ -335,6 +434,11 @@ impl Session {
         }
         for t in targets {
             check_target(t.as_ref())?;
+            if self.flushed.contains(t.as_ref()) {
+                return Err(Error::Flushing {
+                    group: t.as_ref().to_owned(),
+                });
+            }
         }
         if payload.len() > self.max_payload {
             return Err(Error::TooLarge {
@@ -421,6 +525,124 @@ mod tests {
         }
         assert!(rest.is_empty(), "a partial frame was left in the output");
         v
+    }
+
+    fn flush_request_bytes(seq: u64) -> Vec<u8> {
+        let mut w = Vec::new();
+        let view = ViewId { epoch: 1, seq };
+        encode::flush_request(&mut w, "vs", view, MembershipReason::Join, ["#c#d1"]);
+        w
+    }
+
+    #[test]
+    fn flush_ok_answers_the_request_after_earlier_sends_then_sends_wait_for_the_view() {
+        let mut s = welcomed();
+        assert!(matches!(
+            s.flush_ok("vs"),
+            Err(Error::NoFlushRequest { .. })
+        ));
+        feed(&mut s, &flush_request_bytes(2), 5);
+        let e = s.next_event().unwrap().unwrap();
+        assert_eq!(
+            e,
+            Event::FlushRequest {
+                group: "vs".into(),
+                view_id: ViewId { epoch: 1, seq: 2 },
+                reason: MembershipReason::Join,
+                changed: vec!["#c#d1".into()],
+            }
+        );
+        assert_eq!(s.flush_requests().collect::<Vec<_>>(), ["vs"]);
+        assert!(
+            !s.take_auto_answered(),
+            "manual mode waits for the application"
+        );
+        s.multicast(Service::Agreed, &["vs"], 0, b"before").unwrap();
+        s.flush_ok("vs").unwrap();
+        assert!(matches!(
+            s.multicast(Service::Agreed, &["vs", "other"], 0, b"x"),
+            Err(Error::Flushing { group }) if group == "vs"
+        ));
+        s.multicast(Service::Agreed, &["other"], 0, b"elsewhere")
+            .unwrap();
+        assert!(matches!(
+            s.flush_ok("vs"),
+            Err(Error::NoFlushRequest { .. })
+        ));
+        let frames = client_frames(s.output());
+        assert!(matches!(
+            frames[0],
+            ClientFrame::Multicast {
+                payload: b"before",
+                ..
+            }
+        ));
+        assert_eq!(
+            frames[1],
+            ClientFrame::FlushOk {
+                group: "vs",
+                view_id: ViewId { epoch: 1, seq: 2 }
+            }
+        );
+        assert_eq!(frames.len(), 3);
+        // The new view ends the flush.
+        let mut v = Vec::new();
+        encode::membership(
+            &mut v,
+            "vs",
+            ViewId { epoch: 1, seq: 3 },
+            ViewKind::Regular,
+            MembershipReason::Join,
+            ["#c#d1"],
+            ["#alice#d1", "#c#d1"],
+        );
+        feed(&mut s, &v, 7);
+        assert!(matches!(s.next_event(), Ok(Some(Event::Membership { .. }))));
+        s.multicast(Service::Agreed, &["vs"], 0, b"after").unwrap();
+    }
+
+    #[test]
+    fn automatic_flush_ok_follows_the_queued_sends_on_both_read_paths() {
+        let mut s = welcomed();
+        s.set_auto_flush_ok(true);
+        assert!(s.auto_flush_ok());
+        s.multicast(Service::Safe, &["vs"], 0, b"queued").unwrap();
+        feed(&mut s, &flush_request_bytes(2), 64);
+        assert!(matches!(
+            s.next_event(),
+            Ok(Some(Event::FlushRequest { .. }))
+        ));
+        assert!(s.take_auto_answered());
+        assert!(!s.take_auto_answered(), "told once");
+        let frames = client_frames(s.output());
+        assert!(matches!(
+            frames[0],
+            ClientFrame::Multicast {
+                payload: b"queued",
+                ..
+            }
+        ));
+        assert!(matches!(
+            frames[1],
+            ClientFrame::FlushOk { group: "vs", .. }
+        ));
+        assert!(s.multicast(Service::Safe, &["vs"], 0, b"x").is_err());
+        // The zero-copy path answers too; a repeated request is answered again.
+        let n = s.output().len();
+        s.consumed_output(n);
+        feed(&mut s, &flush_request_bytes(2), 64);
+        let mut kinds = 0;
+        s.drain_frames(|f| {
+            assert!(matches!(f, DaemonFrame::FlushRequest { .. }));
+            kinds += 1;
+        })
+        .unwrap();
+        assert_eq!(kinds, 1);
+        assert!(s.take_auto_answered());
+        assert!(matches!(
+            client_frames(s.output())[..],
+            [ClientFrame::FlushOk { group: "vs", .. }]
+        ));
     }
 
     #[test]

@@ -100,6 +100,25 @@ fn a_version_one_client_is_refused_clearly() {
     );
 }
 
+#[test]
+fn a_version_two_client_is_refused_naming_the_flush_round() {
+    // Version 2 clients cannot read FlushRequest frames: refused, not left to misbehave.
+    let d = Daemon::start();
+    let mut raw = Raw::connect(&d);
+    let mut b = Vec::new();
+    encode::hello(&mut b, 2, "old");
+    raw.send(&b);
+    let (code, reason) = raw.expect_frame("refusal", |f| match f {
+        DaemonFrame::Refused { code, reason } => Some((*code, (*reason).to_owned())),
+        _ => None,
+    });
+    assert_eq!(code, RefuseCode::UnsupportedVersion);
+    assert!(
+        reason.contains("version 2") && reason.contains("speaks 3") && reason.contains("flush"),
+        "{reason}"
+    );
+}
+
 /// Each client joins its own group, then sends a request the daemon refuses before
 /// ordering (a bad group name), leaves, and leaves again: each answer must come in the
 /// order of the requests (before the fix, the refusal overtook the join's view).

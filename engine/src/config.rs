@@ -150,6 +150,20 @@ pub struct GroupsConfig {
     /// Rules marking groups open (useful under `default = "closed"`).
     #[serde(default)]
     pub open: Vec<String>,
+    /// Rules marking groups that ask for Virtual Synchrony: before a membership change
+    /// their members get a flush request and the new view waits for every staying
+    /// member's FlushOk. Only closed groups get it (an open group's non-member senders
+    /// could not be flushed); a rule naming an open group is ignored for it.
+    #[serde(default)]
+    pub vs: Vec<String>,
+    /// How long a member of a VS group may take to answer a flush request before its
+    /// daemon disconnects it, in milliseconds.
+    #[serde(default = "default_flush_timeout_ms")]
+    pub flush_timeout_ms: u64,
+}
+
+fn default_flush_timeout_ms() -> u64 {
+    5000
 }
 
 fn default_openness() -> Openness {
@@ -162,6 +176,8 @@ impl Default for GroupsConfig {
             default: Openness::Open,
             closed: Vec::new(),
             open: Vec::new(),
+            vs: Vec::new(),
+            flush_timeout_ms: default_flush_timeout_ms(),
         }
     }
 }
@@ -188,6 +204,16 @@ impl GroupsConfig {
             }
         }
         best.map_or(self.default, |(_, o)| o)
+    }
+
+    /// Whether `group` gets Virtual Synchrony (a flush round before each view change): a
+    /// `vs` rule names it (exactly, or by a `prefix*`) and it is closed.
+    pub fn virtual_synchrony(&self, group: &str) -> bool {
+        self.openness(group) == Openness::Closed
+            && self.vs.iter().any(|rule| match rule.strip_suffix('*') {
+                Some(prefix) => group.starts_with(prefix),
+                None => rule == group,
+            })
     }
 }
 
@@ -395,6 +421,25 @@ impl Config {
                     ));
                 }
             }
+        }
+        for (i, rule) in self.groups.vs.iter().enumerate() {
+            let key = format!("groups.vs[{i}]");
+            let stem = rule.strip_suffix('*').unwrap_or(rule);
+            if !(stem.is_empty() && rule == "*") {
+                if stem.is_empty() {
+                    return Err(ConfigError::new(file, key, "empty rule"));
+                }
+                names::check_group(stem)
+                    .map_err(|e| ConfigError::new(file, &key, e.to_string()))?;
+            }
+        }
+        if self.groups.flush_timeout_ms == 0 {
+            // Zero would disconnect every member of a VS group at its first flush.
+            return Err(ConfigError::new(
+                file,
+                "groups.flush_timeout_ms",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -1059,6 +1104,10 @@ client_port = 5001
         assert_eq!(e.key, "clients.max_payload");
         let e = err(&format!("{ONE}[groups]\nclosed = [\"bad name*\"]\n"));
         assert_eq!(e.key, "groups.closed[0]");
+        let e = err(&format!("{ONE}[groups]\nvs = [\"ok\", \"a b*\"]\n"));
+        assert_eq!(e.key, "groups.vs[1]");
+        let e = err(&format!("{ONE}[groups]\nflush_timeout_ms = 0\n"));
+        assert_eq!(e.key, "groups.flush_timeout_ms");
         let e = err(&ONE.replacen("me = \"a\"", "me = \"a\"\nprofile = \"nope\"", 1));
         assert_eq!(e.key, "profile");
         assert_eq!(e.to_string(), format!("test.toml: profile: {}", e.reason));
@@ -1094,7 +1143,13 @@ client_port = 5001
             default: Openness::Open,
             closed: vec!["secure.*".into(), "admin".into()],
             open: vec!["secure.public*".into()],
+            vs: vec!["secure.*".into(), "chat".into()],
+            ..GroupsConfig::default()
         };
+        assert!(g.virtual_synchrony("secure.x"));
+        assert!(!g.virtual_synchrony("secure.public.1"), "open: no VS");
+        assert!(!g.virtual_synchrony("chat"), "open: no VS");
+        assert!(!g.virtual_synchrony("admin"), "no vs rule");
         assert_eq!(g.openness("chat"), Openness::Open);
         assert_eq!(g.openness("admin"), Openness::Closed);
         assert_eq!(g.openness("admin2"), Openness::Open);
@@ -1104,6 +1159,7 @@ client_port = 5001
             default: Openness::Closed,
             closed: vec![],
             open: vec!["lobby".into()],
+            ..GroupsConfig::default()
         };
         assert_eq!(all_closed.openness("lobby"), Openness::Open);
         assert_eq!(all_closed.openness("x"), Openness::Closed);

@@ -142,6 +142,12 @@ fn show(who: &str, event: &Event) {
         Event::Error { code, reason, .. } => println!("    {who:<6} <- error {code:?}: {reason}"),
         Event::Goodbye { reason } => println!("    {who:<6} <- goodbye: {reason}"),
         Event::Status { .. } => println!("    {who:<6} <- status document"),
+        Event::FlushRequest {
+            group,
+            view_id,
+            reason,
+            ..
+        } => println!("    {who:<6} <- flush request for view {view_id} of {group} ({reason:?})"),
     }
 }
 

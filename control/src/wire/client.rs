@@ -12,8 +12,10 @@ use super::names::{self, NameError};
 
 /// The protocol version this build speaks; a hello with another version is refused.
 /// Version 2 added the client-chosen request id to Join, Leave, Multicast and
-/// StatusRequest, echoed in the Error that answers one of them.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// StatusRequest, echoed in the Error that answers one of them. Version 3 added the flush
+/// round of Virtual Synchrony groups (FlushRequest, FlushOk): a version 2 client in such a
+/// group would meet a frame kind it cannot read and never answer, so it is refused.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Longest reason text a daemon frame carries; longer ones (a reason quoting a client's
 /// 60 KB group name) are cut at a character boundary rather than refused.
@@ -291,6 +293,7 @@ mod kind {
     pub const MULTICAST: u8 = 0x04;
     pub const DISCONNECT: u8 = 0x05;
     pub const STATUS_REQUEST: u8 = 0x06;
+    pub const FLUSH_OK: u8 = 0x07;
     pub const WELCOME: u8 = 0x81;
     pub const REFUSED: u8 = 0x82;
     pub const DATA: u8 = 0x83;
@@ -298,6 +301,7 @@ mod kind {
     pub const ERROR: u8 = 0x85;
     pub const STATUS: u8 = 0x86;
     pub const GOODBYE: u8 = 0x87;
+    pub const FLUSH_REQUEST: u8 = 0x88;
 }
 
 /// A list of group names as it lies on the wire; iterating it allocates nothing.
@@ -407,6 +411,15 @@ pub enum ClientFrame<'a> {
         /// The client's id for this request, echoed in an Error that answers it.
         request: u32,
     },
+    /// The answer to a FlushRequest: everything the client sent to the group in the
+    /// flushed view is before this frame, and it sends nothing more to the group until
+    /// the next view. Not a request: nothing answers it.
+    FlushOk {
+        /// The group.
+        group: &'a str,
+        /// The view id the FlushRequest named (a stale answer is ignored).
+        view_id: ViewId,
+    },
 }
 
 impl ClientFrame<'_> {
@@ -417,7 +430,9 @@ impl ClientFrame<'_> {
             | ClientFrame::Leave { request, .. }
             | ClientFrame::Multicast { request, .. }
             | ClientFrame::StatusRequest { request } => Some(*request),
-            ClientFrame::Hello { .. } | ClientFrame::Disconnect => None,
+            ClientFrame::Hello { .. } | ClientFrame::Disconnect | ClientFrame::FlushOk { .. } => {
+                None
+            }
         }
     }
 }
@@ -506,6 +521,19 @@ pub enum DaemonFrame<'a> {
     Goodbye {
         /// Why.
         reason: &'a str,
+    },
+    /// The membership of a Virtual Synchrony group is about to change: the client answers
+    /// with FlushOk once it has sent what it means to send in the current view; the new
+    /// view comes when every staying member has answered.
+    FlushRequest {
+        /// The group.
+        group: &'a str,
+        /// The view being flushed (the group's current view), echoed in FlushOk.
+        view_id: ViewId,
+        /// What the pending change is.
+        reason: MembershipReason,
+        /// Who the pending change is about (empty for a network change).
+        changed: GroupList<'a>,
     },
 }
 
@@ -605,6 +633,13 @@ pub fn decode_client(body: &[u8]) -> Result<ClientFrame<'_>, WireError> {
         kind::STATUS_REQUEST => ClientFrame::StatusRequest {
             request: r.u32("request id")?,
         },
+        kind::FLUSH_OK => ClientFrame::FlushOk {
+            group: r.str("group")?,
+            view_id: ViewId {
+                epoch: r.u64("view epoch")?,
+                seq: r.u64("view seq")?,
+            },
+        },
         other => return Err(WireError::UnknownKind(other)),
     };
     r.finish()?;
@@ -668,6 +703,15 @@ pub fn decode_daemon(body: &[u8]) -> Result<DaemonFrame<'_>, WireError> {
         },
         kind::GOODBYE => DaemonFrame::Goodbye {
             reason: r.str("reason")?,
+        },
+        kind::FLUSH_REQUEST => DaemonFrame::FlushRequest {
+            group: r.str("group")?,
+            view_id: ViewId {
+                epoch: r.u64("view epoch")?,
+                seq: r.u64("view seq")?,
+            },
+            reason: MembershipReason::from_u8(r.u8("reason")?)?,
+            changed: r.group_list()?,
         },
         other => return Err(WireError::UnknownKind(other)),
     };
@@ -896,6 +940,32 @@ pub mod encode {
         put_str(out, clip(reason));
         end(out, at);
     }
+
+    /// `FlushOk`.
+    pub fn flush_ok(out: &mut Vec<u8>, group: &str, view_id: ViewId) {
+        let at = begin(out, kind::FLUSH_OK);
+        put_str(out, group);
+        out.extend_from_slice(&view_id.epoch.to_le_bytes());
+        out.extend_from_slice(&view_id.seq.to_le_bytes());
+        end(out, at);
+    }
+
+    /// `FlushRequest`.
+    pub fn flush_request<'s>(
+        out: &mut Vec<u8>,
+        group: &str,
+        view_id: ViewId,
+        reason: MembershipReason,
+        changed: impl IntoIterator<Item = &'s str>,
+    ) {
+        let at = begin(out, kind::FLUSH_REQUEST);
+        put_str(out, group);
+        out.extend_from_slice(&view_id.epoch.to_le_bytes());
+        out.extend_from_slice(&view_id.seq.to_le_bytes());
+        out.push(reason as u8);
+        put_names(out, changed);
+        end(out, at);
+    }
 }
 
 /// A bounds-checked cursor over a frame body.
@@ -1020,7 +1090,7 @@ mod tests {
         assert_eq!(
             one_client(&b),
             ClientFrame::Hello {
-                version: 2,
+                version: 3,
                 name: "alice"
             }
         );
@@ -1092,6 +1162,57 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn flush_frames_round_trip_and_truncations_are_errors() {
+        let view = ViewId { epoch: 7, seq: 42 };
+        let mut b = Vec::new();
+        encode::flush_request(&mut b, "vs.g", view, MembershipReason::Join, ["#c#d"]);
+        match one_daemon(&b) {
+            DaemonFrame::FlushRequest {
+                group,
+                view_id,
+                reason,
+                changed,
+            } => {
+                assert_eq!(group, "vs.g");
+                assert_eq!(view_id, view);
+                assert_eq!(reason, MembershipReason::Join);
+                assert_eq!(changed.iter().collect::<Vec<_>>(), ["#c#d"]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let body = &b[LEN_PREFIX..];
+        for cut in 1..body.len() {
+            assert!(decode_daemon(&body[..cut]).is_err(), "body cut at {cut}");
+        }
+        // A reason byte out of range is refused, not guessed.
+        let mut bad = body.to_vec();
+        let reason_at = 1 + 2 + "vs.g".len() + 16;
+        bad[reason_at] = 9;
+        assert_eq!(
+            decode_daemon(&bad),
+            Err(WireError::BadField("membership reason", 9))
+        );
+        b.clear();
+        encode::flush_ok(&mut b, "vs.g", view);
+        let (body, used) = split_frame(&b, 1 << 20).unwrap().unwrap();
+        assert_eq!(used, b.len());
+        assert_eq!(
+            decode_client(body),
+            Ok(ClientFrame::FlushOk {
+                group: "vs.g",
+                view_id: view
+            })
+        );
+        assert_eq!(decode_client(body).map(|f| f.request()), Ok(None));
+        for cut in 1..body.len() {
+            assert!(decode_client(&body[..cut]).is_err(), "body cut at {cut}");
+        }
+        let mut trailing = body.to_vec();
+        trailing.push(0);
+        assert_eq!(decode_client(&trailing), Err(WireError::TrailingBytes(1)));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! `groups: u32 LE count` and that many `str`.
 
 use conclave_control::wire::client::{
-    self, ClientFrame, GroupList, LEN_PREFIX, Service, WireError, decode_client, encode,
+    self, ClientFrame, GroupList, LEN_PREFIX, Service, ViewId, WireError, decode_client, encode,
     split_frame,
 };
 use conclave_control::wire::names::{self, NameError};
@@ -76,6 +76,17 @@ pub enum Event<'a> {
         daemon: &'a str,
         /// Its clients (every one's private name ends in `daemon`), validated on decode.
         clients: ClientStates<'a>,
+    },
+    /// A member of a Virtual Synchrony group answered the flush of view `view` of
+    /// `group`: what it sent to the group in that view is ordered before this. Ordered so
+    /// every daemon counts the answers at the same point.
+    FlushOk {
+        /// The member.
+        client: &'a str,
+        /// The group.
+        group: &'a str,
+        /// The view the answer is for (a stale one is ignored).
+        view: ViewId,
     },
 }
 
@@ -217,6 +228,7 @@ mod tag {
     pub const DATA: u8 = 5;
     pub const STATE: u8 = 6;
     pub const REJECT: u8 = 7;
+    pub const FLUSH_OK: u8 = 8;
 }
 
 /// A reason cut to the client protocol's limit at a character boundary, so that its
@@ -248,6 +260,13 @@ fn take_str<'a>(buf: &mut &'a [u8], what: &'static str) -> Result<&'a str, Event
     let len = take(buf, 2, what)?;
     let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
     std::str::from_utf8(take(buf, len, what)?).map_err(|_| EventError::NotUtf8(what))
+}
+
+fn take_u64(buf: &mut &[u8], what: &'static str) -> Result<u64, EventError> {
+    let b = take(buf, 8, what)?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    Ok(u64::from_le_bytes(a))
 }
 
 fn take_u32(buf: &mut &[u8], what: &'static str) -> Result<u32, EventError> {
@@ -387,6 +406,17 @@ impl<'a> Event<'a> {
                 out.extend_from_slice(&clients.count.to_le_bytes());
                 out.extend_from_slice(clients.raw);
             }
+            Event::FlushOk {
+                client,
+                group,
+                view,
+            } => {
+                out.push(tag::FLUSH_OK);
+                put_str(out, client);
+                put_str(out, group);
+                out.extend_from_slice(&view.epoch.to_le_bytes());
+                out.extend_from_slice(&view.seq.to_le_bytes());
+            }
         }
         let len = u32::try_from(out.len() - at - LEN_PREFIX).expect("event fits in u32");
         out[at..at + LEN_PREFIX].copy_from_slice(&len.to_le_bytes());
@@ -446,6 +476,14 @@ impl<'a> Event<'a> {
                 }
             }
             tag::STATE => take_state(&mut body)?,
+            tag::FLUSH_OK => Event::FlushOk {
+                client: take_str(&mut body, "client")?,
+                group: take_str(&mut body, "group")?,
+                view: ViewId {
+                    epoch: take_u64(&mut body, "view epoch")?,
+                    seq: take_u64(&mut body, "view seq")?,
+                },
+            },
             other => return Err(EventError::UnknownTag(other)),
         };
         if !body.is_empty() {
@@ -461,7 +499,8 @@ impl<'a> Event<'a> {
             | Event::Join { client, .. }
             | Event::Leave { client, .. }
             | Event::Disconnect { client }
-            | Event::Reject { client, .. } => client,
+            | Event::Reject { client, .. }
+            | Event::FlushOk { client, .. } => client,
             Event::Data { sender, .. } => sender,
             Event::State { daemon, .. } => daemon,
         }
@@ -510,6 +549,11 @@ mod tests {
                 group: "g1",
             },
             Event::Disconnect { client: "#a#d" },
+            Event::FlushOk {
+                client: "#a#d",
+                group: "vs",
+                view: ViewId { epoch: 3, seq: 9 },
+            },
             Event::Data {
                 sender: "#a#d",
                 service: Service::Safe,
@@ -530,6 +574,12 @@ mod tests {
         }
         assert!(rest.is_empty());
         assert_eq!(events[4].origin(), "#a#d");
+        assert_eq!(events[5].origin(), "#a#d");
+        let mut flush = Vec::new();
+        events[5].encode(&mut flush);
+        for cut in 0..flush.len() {
+            assert!(Event::decode(&flush[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

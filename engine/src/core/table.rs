@@ -8,8 +8,18 @@
 //! membership changes within it, so view ids increase strictly within a group even when the
 //! group empties and is created again. Daemon configuration changes (transitional views,
 //! installs, merges) live in the `evs` submodule.
+//!
+//! Groups that ask for Virtual Synchrony (closed groups named by a `[groups] vs` rule) do
+//! not change their view at once: the change is queued on the group and its local members
+//! get a FlushRequest; each staying member answers with a FlushOk, which is ordered like
+//! any event, so every daemon counts the answers at the same point and delivers the new
+//! view right after the last one. Messages ordered before that point are delivered in the
+//! old view. Changes queued on one group are flushed one at a time, in order (each its own
+//! flush round and its own view), so views keep meaning one change each. Members that
+//! leave or disconnect are not waited for; a member that never answers is the runtime's
+//! to disconnect (the table has no clock), which ends the wait for it like any disconnect.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use conclave_control::wire::client::{
     ErrorCode, GroupList, MembershipReason, Service, ViewId, ViewKind, encode,
@@ -50,6 +60,13 @@ pub trait Outbox {
     fn connected(&mut self, id: LocalId) {
         let _ = id;
     }
+
+    /// Local client `id` was sent a FlushRequest for `group` (`waiting` true) and must
+    /// answer in time, or no longer owes an answer for it (`waiting` false: it answered,
+    /// or the flush ended without it). The runtime times the wait: the table has no clock.
+    fn flush_wait(&mut self, id: LocalId, group: &str, waiting: bool) {
+        let _ = (id, group, waiting);
+    }
 }
 
 /// Limits and policy the table enforces; the same at every daemon (from the shared config).
@@ -87,6 +104,11 @@ pub struct TableStats {
     /// `Connect` events of clients of a daemon that left, applied between a transitional
     /// configuration and the next install or merge, ignored (the daemon is gone).
     pub departed_connects: u64,
+    /// Flush rounds started on Virtual Synchrony groups.
+    pub flushes: u64,
+    /// FlushOk events that answered no pending flush (stale, repeated, or not a member),
+    /// ignored.
+    pub stray_flush_oks: u64,
 }
 
 type ClientIdx = u32;
@@ -102,6 +124,31 @@ struct Client {
     /// that reach nobody are only counted, so a sender that never reads (publishing in
     /// case someone listens) is not cut off as a slow consumer by its own errors.
     told_undeliverable: bool,
+    /// Disconnected, but still listed in a Virtual Synchrony group's current view (its
+    /// removal waits for the group's flush) or named by a queued change: the entry stays
+    /// so its index stays valid, out of `by_name`, until nothing refers to it.
+    gone: bool,
+    /// Changes naming this client queued on Virtual Synchrony groups (joins count toward
+    /// the group limit while queued).
+    queued: u32,
+}
+
+/// A membership change of a Virtual Synchrony group waiting for its flush.
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    /// Join, Leave, Disconnect or Network.
+    reason: MembershipReason,
+    /// Who joins or goes (`None` for a network change).
+    client: Option<ClientIdx>,
+}
+
+/// The flush state of a Virtual Synchrony group with changes queued.
+#[derive(Debug, Default)]
+struct Flush {
+    /// Changes in order; the front one is being flushed.
+    queue: VecDeque<Change>,
+    /// Members of the current view whose FlushOk the front change still waits for.
+    waiting: Vec<ClientIdx>,
 }
 
 #[derive(Debug)]
@@ -113,6 +160,10 @@ struct Group {
     members: Vec<ClientIdx>,
     /// Local members' ids, in no particular order.
     local: Vec<LocalId>,
+    /// Virtual Synchrony: view changes wait for a flush round.
+    vs: bool,
+    /// Changes waiting for their flush (`None` when there are none).
+    flush: Option<Box<Flush>>,
 }
 
 /// The group table (see the module docs).
@@ -143,6 +194,8 @@ pub struct GroupTable {
     stats: TableStats,
     /// True when some rule or the default can close a group (skips policy work otherwise).
     any_closed: bool,
+    /// True when some rule asks for Virtual Synchrony.
+    any_vs: bool,
 }
 
 /// A read-only view of one group, for status reports.
@@ -154,6 +207,10 @@ pub struct GroupInfo<'t> {
     pub view: ViewId,
     /// Whether non-members may not send to it.
     pub closed: bool,
+    /// Whether it asks for Virtual Synchrony.
+    pub vs: bool,
+    /// Membership changes waiting for the group's flush round (0 when none).
+    pub flush_pending: usize,
     /// Its members, in view order.
     pub members: Vec<&'t str>,
 }
@@ -163,7 +220,9 @@ impl GroupTable {
     pub fn new(config: TableConfig) -> Self {
         let any_closed =
             config.groups.default == Openness::Closed || !config.groups.closed.is_empty();
+        let any_vs = any_closed && !config.groups.vs.is_empty();
         Self {
+            any_vs,
             epoch: config.epoch,
             config,
             by_name: HashMap::new(),
@@ -247,6 +306,8 @@ impl GroupTable {
                 name: &g.name,
                 view: g.view,
                 closed: g.closed,
+                vs: g.vs,
+                flush_pending: g.flush.as_ref().map_or(0, |f| f.queue.len()),
                 members: g.members.iter().map(|&c| self.client_name(c)).collect(),
             })
             .collect();
@@ -265,7 +326,10 @@ impl GroupTable {
             | Event::Leave { client, .. }
             | Event::Reject { client, .. }
             | Event::Data { sender: client, .. } => self.local_of(client),
-            Event::Connect { .. } | Event::Disconnect { .. } | Event::State { .. } => None,
+            Event::Connect { .. }
+            | Event::Disconnect { .. }
+            | Event::State { .. }
+            | Event::FlushOk { .. } => None,
         };
         match *event {
             Event::Connect { client } => {
@@ -286,6 +350,11 @@ impl GroupTable {
                 payload,
             } => self.data(sender, service, msg_type, groups, payload, out),
             Event::State { .. } => self.stats.stray_states += 1,
+            Event::FlushOk {
+                client,
+                group,
+                view,
+            } => self.flush_ok(client, group, view, out),
             Event::Reject {
                 client,
                 code,
@@ -349,6 +418,8 @@ impl GroupTable {
             local: self.local_ids.get(name).copied(),
             groups: Vec::new(),
             told_undeliverable: false,
+            gone: false,
+            queued: 0,
         };
         let idx = insert_slot(&mut self.clients, &mut self.free_clients, entry);
         self.by_name.insert(name.into(), idx);
@@ -371,9 +442,9 @@ impl GroupTable {
             return self.error(client, ErrorCode::BadGroupName, &reason, out);
         }
         let existing = self.groups_by_name.get(group).copied();
-        let joined = self.client(c).map_or(0, |e| e.groups.len());
+        let joined = self.groups_after_queue(c);
         if let Some(g) = existing
-            && self.client(c).is_some_and(|e| e.groups.contains(&g))
+            && self.will_be_member(c, g)
         {
             let reason = format!("already a member of group {group:?}");
             return self.error(client, ErrorCode::AlreadyJoined, &reason, out);
@@ -386,6 +457,18 @@ impl GroupTable {
             return self.error(client, ErrorCode::TooManyGroups, &reason, out);
         }
         let g = existing.unwrap_or_else(|| self.create_group(group));
+        if self.defers(g) {
+            return self.enqueue(g, MembershipReason::Join, Some(c), out);
+        }
+        self.add_member(c, g, out);
+    }
+
+    /// Puts client `c` in group `g` with a new view, told to the group's local members.
+    fn add_member(&mut self, c: ClientIdx, g: GroupIdx, out: &mut dyn Outbox) {
+        let Some(client) = self.client(c).map(|e| e.name.clone()) else {
+            return;
+        };
+        let client = &*client;
         let view = self.next_view();
         let name_of =
             |i: ClientIdx| -> &str { self.clients[i as usize].as_ref().map_or("", |c| &c.name) };
@@ -416,12 +499,15 @@ impl GroupTable {
 
     fn create_group(&mut self, name: &str) -> GroupIdx {
         let closed = self.any_closed && self.config.groups.openness(name) == Openness::Closed;
+        let vs = self.any_vs && self.config.groups.virtual_synchrony(name);
         let entry = Group {
             name: name.into(),
             view: ViewId::default(),
             closed,
             members: Vec::new(),
             local: Vec::new(),
+            vs,
+            flush: None,
         };
         let idx = insert_slot(&mut self.groups, &mut self.free_groups, entry);
         self.groups_by_name.insert(name.into(), idx);
@@ -434,8 +520,12 @@ impl GroupTable {
         };
         let g = self.groups_by_name.get(group).copied();
         match g {
-            Some(g) if self.client(c).is_some_and(|e| e.groups.contains(&g)) => {
-                self.remove_member(c, g, MembershipReason::Leave, out);
+            Some(g) if self.will_be_member(c, g) => {
+                if self.defers(g) {
+                    self.enqueue(g, MembershipReason::Leave, Some(c), out);
+                } else {
+                    self.remove_member(c, g, MembershipReason::Leave, out);
+                }
             }
             _ => {
                 let reason = format!("not a member of group {group:?}");
@@ -452,17 +542,51 @@ impl GroupTable {
             .as_ref()
             .map(|e| e.groups.clone())
             .unwrap_or_default();
-        for g in groups {
-            self.remove_member(c, g, MembershipReason::Disconnect, out);
-        }
         // A client unbound early (see `unbind_local`) may have a successor of the same
         // name already bound: only this client's own binding goes.
         let local = self.clients[c as usize].as_ref().and_then(|e| e.local);
         if local.is_some() && self.local_ids.get(client).copied() == local {
             self.local_ids.remove(client);
         }
-        self.clients[c as usize] = None;
-        self.free_clients.push(c);
+        if let Some(e) = self.clients[c as usize].as_mut() {
+            e.gone = true;
+        }
+        if let Some(id) = local {
+            // Gone: it gets nothing more, even in views whose change waits for a flush.
+            for &g in &groups {
+                if let Some(gr) = self.groups[g as usize].as_mut() {
+                    gr.local.retain(|&l| l != id);
+                }
+            }
+            if let Some(e) = self.clients[c as usize].as_mut() {
+                e.local = None;
+            }
+        }
+        // Flushes waiting for it stop waiting (a vanished member is not waited for).
+        self.stop_waiting_for(c, out);
+        for g in groups {
+            if self.defers(g) {
+                // A queued leave removes it already.
+                if self.will_be_member(c, g) {
+                    self.enqueue(g, MembershipReason::Disconnect, Some(c), out);
+                }
+            } else {
+                self.remove_member(c, g, MembershipReason::Disconnect, out);
+            }
+        }
+        self.release_if_unused(c);
+    }
+
+    /// Frees the entry of a disconnected client once no view lists it and no queued
+    /// change names it.
+    fn release_if_unused(&mut self, c: ClientIdx) {
+        let unused = self
+            .client(c)
+            .is_some_and(|e| e.gone && e.queued == 0 && e.groups.is_empty());
+        if unused {
+            self.clients[c as usize] = None;
+            self.free_clients.push(c);
+        }
     }
 
     fn remove_member(
@@ -493,12 +617,256 @@ impl GroupTable {
             .then_some(local)
             .flatten();
         self.notify(g, ViewKind::Regular, reason, Some(&name), leaver, out);
+        // A group with queued changes (a join waiting behind this leave) lives on.
+        if self.groups[g as usize]
+            .as_ref()
+            .is_some_and(|gr| gr.members.is_empty() && gr.flush.is_none())
+        {
+            self.drop_group(g);
+        }
+    }
+
+    /// How many groups client `c` will be in once the changes queued on Virtual
+    /// Synchrony groups are applied (what the group limit counts).
+    fn groups_after_queue(&self, c: ClientIdx) -> usize {
+        let Some(e) = self.client(c) else {
+            return 0;
+        };
+        if e.queued == 0 {
+            return e.groups.len();
+        }
+        // Rare: only while the client has changes queued.
+        let staying = e
+            .groups
+            .iter()
+            .filter(|&&g| self.will_be_member(c, g))
+            .count();
+        let joining = (0..self.groups.len() as GroupIdx)
+            .filter(|g| !e.groups.contains(g))
+            .filter(|&g| self.will_be_member(c, g))
+            .count();
+        staying + joining
+    }
+
+    /// Whether client `c` is, or will be once the queued changes are applied, a member
+    /// of group `g`: the last queued change naming it decides, else the current view.
+    fn will_be_member(&self, c: ClientIdx, g: GroupIdx) -> bool {
+        let queued = self.groups[g as usize]
+            .as_ref()
+            .and_then(|gr| gr.flush.as_ref())
+            .and_then(|f| f.queue.iter().rev().find(|ch| ch.client == Some(c)));
+        match queued {
+            Some(ch) => ch.reason == MembershipReason::Join,
+            None => self.client(c).is_some_and(|e| e.groups.contains(&g)),
+        }
+    }
+
+    /// Whether a membership change of group `g` must wait for a flush round: it asks for
+    /// Virtual Synchrony and has members to flush or changes queued already (which go
+    /// first). A new group's first join has no one to flush.
+    fn defers(&self, g: GroupIdx) -> bool {
+        self.groups[g as usize]
+            .as_ref()
+            .is_some_and(|gr| gr.vs && (gr.flush.is_some() || !gr.members.is_empty()))
+    }
+
+    /// Queues a change on Virtual Synchrony group `g`; starts its flush when nothing else
+    /// is being flushed.
+    fn enqueue(
+        &mut self,
+        g: GroupIdx,
+        reason: MembershipReason,
+        client: Option<ClientIdx>,
+        out: &mut dyn Outbox,
+    ) {
+        let Some(gr) = self.groups[g as usize].as_mut() else {
+            return;
+        };
+        let flush = gr.flush.get_or_insert_with(Box::default);
+        flush.queue.push_back(Change { reason, client });
+        let first = flush.queue.len() == 1;
+        if let Some(e) = client.and_then(|c| self.clients[c as usize].as_mut()) {
+            e.queued += 1;
+        }
+        if first {
+            self.start_flush(g, out);
+            self.advance(g, out);
+        }
+    }
+
+    /// Starts the flush of the front change of group `g`: every member of the current
+    /// view that stays (not the one leaving, not the disconnected) must answer, and its
+    /// daemon sends it a FlushRequest naming the change.
+    fn start_flush(&mut self, g: GroupIdx, out: &mut dyn Outbox) {
+        let Some(gr) = self.groups[g as usize].as_ref() else {
+            return;
+        };
+        let Some(change) = gr.flush.as_ref().and_then(|f| f.queue.front().copied()) else {
+            return;
+        };
+        let goes = |m: ClientIdx| {
+            change.client == Some(m) && change.reason != MembershipReason::Join
+                || self.client(m).is_none_or(|e| e.gone)
+        };
+        let waiting: Vec<ClientIdx> = gr.members.iter().copied().filter(|&m| !goes(m)).collect();
+        let changed = change.client.map(|c| self.client_name(c));
+        // Rare (once per change of a VS group): a frame of its own, not the scratch one.
+        let mut frame = Vec::new();
+        encode::flush_request(&mut frame, &gr.name, gr.view, change.reason, changed);
+        for &m in &waiting {
+            let Some(id) = self.client(m).and_then(|e| e.local) else {
+                continue;
+            };
+            if let Some(buf) = out.out(id) {
+                buf.extend_from_slice(&frame);
+                out.flush_wait(id, &gr.name, true);
+            }
+        }
+        self.stats.flushes += 1;
+        if let Some(f) = self.groups[g as usize]
+            .as_mut()
+            .and_then(|gr| gr.flush.as_mut())
+        {
+            f.waiting = waiting;
+        }
+    }
+
+    /// Applies the front change of group `g` once its flush waits for nobody, and starts
+    /// the next one's; drops the group if that leaves it empty with nothing queued.
+    fn advance(&mut self, g: GroupIdx, out: &mut dyn Outbox) {
+        loop {
+            let Some(gr) = self.groups[g as usize].as_mut() else {
+                return;
+            };
+            let Some(flush) = gr.flush.as_mut() else {
+                break;
+            };
+            if !flush.waiting.is_empty() {
+                return;
+            }
+            let Some(change) = flush.queue.pop_front() else {
+                gr.flush = None;
+                break;
+            };
+            if flush.queue.is_empty() {
+                gr.flush = None;
+            }
+            self.apply_change(g, change, out);
+            if self.groups[g as usize]
+                .as_ref()
+                .is_some_and(|gr| gr.flush.is_some())
+            {
+                self.start_flush(g, out);
+            }
+        }
         if self.groups[g as usize]
             .as_ref()
             .is_some_and(|gr| gr.members.is_empty())
         {
             self.drop_group(g);
         }
+    }
+
+    /// Applies a change whose flush is over: the view it makes is delivered now.
+    fn apply_change(&mut self, g: GroupIdx, change: Change, out: &mut dyn Outbox) {
+        let Some(c) = change.client else {
+            // A network change: the departed went in the transitional view; this is the
+            // group's regular view of the new configuration.
+            let view = self.next_view();
+            if let Some(gr) = self.groups[g as usize].as_mut() {
+                gr.view = view;
+            }
+            self.notify(
+                g,
+                ViewKind::Regular,
+                MembershipReason::Network,
+                None,
+                None,
+                out,
+            );
+            return;
+        };
+        let (gone, member) = match self.client(c) {
+            Some(e) => (e.gone, e.groups.contains(&g)),
+            None => return,
+        };
+        if let Some(e) = self.clients[c as usize].as_mut() {
+            e.queued = e.queued.saturating_sub(1);
+        }
+        match change.reason {
+            MembershipReason::Join if !gone && !member => self.add_member(c, g, out),
+            MembershipReason::Leave | MembershipReason::Disconnect if member => {
+                self.remove_member(c, g, change.reason, out);
+            }
+            _ => {
+                // Nothing to change (a joiner that vanished while its join waited never
+                // joins), but the members flushed: a view with the same members, naming
+                // the client and why, ends their round (their sends wait for a view).
+                let view = self.next_view();
+                let name = self.client(c).map(|e| e.name.clone()).unwrap_or_default();
+                let reason = if gone {
+                    MembershipReason::Disconnect
+                } else {
+                    change.reason
+                };
+                if let Some(gr) = self.groups[g as usize].as_mut() {
+                    gr.view = view;
+                }
+                self.notify(g, ViewKind::Regular, reason, Some(&name), None, out);
+            }
+        }
+        self.release_if_unused(c);
+    }
+
+    /// Client `c` is gone: no flush waits for its answer any more.
+    fn stop_waiting_for(&mut self, c: ClientIdx, out: &mut dyn Outbox) {
+        if !self.any_vs {
+            return;
+        }
+        let mut touched = Vec::new();
+        for (g, gr) in self.groups.iter_mut().enumerate() {
+            let Some(f) = gr.as_mut().and_then(|gr| gr.flush.as_mut()) else {
+                continue;
+            };
+            let before = f.waiting.len();
+            f.waiting.retain(|&m| m != c);
+            if f.waiting.len() != before {
+                touched.push(g as GroupIdx);
+            }
+        }
+        for g in touched {
+            self.advance(g, out);
+        }
+    }
+
+    /// A member answered a flush: counted when it answers the flush of the group's
+    /// current view that waits for it; anything else is stale and ignored.
+    fn flush_ok(&mut self, client: &str, group: &str, view: ViewId, out: &mut dyn Outbox) {
+        let c = self.by_name.get(client).copied();
+        let g = self.groups_by_name.get(group).copied();
+        let (Some(c), Some(g)) = (c, g) else {
+            self.stats.stray_flush_oks += 1;
+            return;
+        };
+        let local = self.client(c).and_then(|e| e.local);
+        let counted = self.groups[g as usize].as_mut().is_some_and(|gr| {
+            let current = gr.view == view;
+            gr.flush.as_mut().is_some_and(|f| {
+                let before = f.waiting.len();
+                if current {
+                    f.waiting.retain(|&m| m != c);
+                }
+                f.waiting.len() != before
+            })
+        });
+        if !counted {
+            self.stats.stray_flush_oks += 1;
+            return;
+        }
+        if let Some(id) = local {
+            out.flush_wait(id, group, false);
+        }
+        self.advance(g, out);
     }
 
     /// Forgets group `g` (it has no members left: a group exists while it has members).
@@ -721,12 +1089,24 @@ mod tests {
     };
 
     /// A daemon's local clients, collecting what the table writes for each.
+    /// Also the flushes each client owes an answer to, as the runtime would time them.
     #[derive(Default)]
-    pub(super) struct Boxes(pub(super) HashMap<LocalId, Vec<u8>>);
+    pub(super) struct Boxes(
+        pub(super) HashMap<LocalId, Vec<u8>>,
+        pub(super) BTreeSet<(LocalId, String)>,
+    );
 
     impl Outbox for Boxes {
         fn out(&mut self, id: LocalId) -> Option<&mut Vec<u8>> {
             self.0.get_mut(&id)
+        }
+
+        fn flush_wait(&mut self, id: LocalId, group: &str, waiting: bool) {
+            if waiting {
+                self.1.insert((id, group.into()));
+            } else {
+                self.1.remove(&(id, group.into()));
+            }
         }
     }
 
@@ -744,6 +1124,8 @@ mod tests {
             Vec<String>,
         ),
         Error(ErrorCode),
+        /// Group, view id, reason, `changed` joined by commas.
+        Flush(String, ViewId, MembershipReason, String),
     }
 
     impl Boxes {
@@ -781,6 +1163,17 @@ mod tests {
                         members.iter().map(String::from).collect(),
                     ),
                     DaemonFrame::Error { code, .. } => Seen::Error(code),
+                    DaemonFrame::FlushRequest {
+                        group,
+                        view_id,
+                        reason,
+                        changed,
+                    } => Seen::Flush(
+                        group.into(),
+                        view_id,
+                        reason,
+                        changed.iter().collect::<Vec<_>>().join(","),
+                    ),
                     other => panic!("unexpected {other:?}"),
                 });
                 rest = &rest[used..];
@@ -796,12 +1189,18 @@ mod tests {
     }
 
     pub(super) fn world(closed: &[&str]) -> World {
+        world_vs(closed, &[])
+    }
+
+    /// A world where the groups `vs` names (closed ones) ask for Virtual Synchrony.
+    pub(super) fn world_vs(closed: &[&str], vs: &[&str]) -> World {
         World {
             table: GroupTable::new(TableConfig {
                 groups: GroupsConfig {
                     default: Openness::Open,
                     closed: closed.iter().map(|s| s.to_string()).collect(),
-                    open: vec![],
+                    vs: vs.iter().map(|s| s.to_string()).collect(),
+                    ..GroupsConfig::default()
                 },
                 max_groups_per_client: 3,
                 epoch: 1,
@@ -849,6 +1248,218 @@ mod tests {
             changed.into(),
             members.iter().map(|s| s.to_string()).collect(),
         )
+    }
+
+    fn flush(group: &str, seq: u64, reason: MembershipReason, changed: &str) -> Seen {
+        Seen::Flush(
+            group.into(),
+            ViewId { epoch: 1, seq },
+            reason,
+            changed.into(),
+        )
+    }
+
+    /// A VS group `vs.g` with `#a#d` (local 1) and `#b#d` (local 2) at view 2, and `#c#d`
+    /// (local 3) connected outside it.
+    fn vs_pair() -> World {
+        let mut w = world_vs(&["vs.*"], &["vs.*"]);
+        w.connect("#a#d", 1);
+        w.connect("#b#d", 2);
+        w.connect("#c#d", 3);
+        w.join("#a#d", "vs.g");
+        w.join("#b#d", "vs.g");
+        // b's join is the group's first flush: a alone answers it.
+        w.apply(Event::FlushOk {
+            client: "#a#d",
+            group: "vs.g",
+            view: ViewId { epoch: 1, seq: 1 },
+        });
+        for id in 1..=3 {
+            w.boxes.take(id);
+        }
+        w
+    }
+
+    fn flush_ok(w: &mut World, client: &str, seq: u64) {
+        w.apply(Event::FlushOk {
+            client,
+            group: "vs.g",
+            view: ViewId { epoch: 1, seq },
+        });
+    }
+
+    #[test]
+    fn vs_join_waits_for_every_members_flush_ok_then_gives_the_view() {
+        let mut w = vs_pair();
+        w.join("#c#d", "vs.g");
+        use MembershipReason::*;
+        let request = flush("vs.g", 2, Join, "#c#d");
+        assert_eq!(w.boxes.take(1), std::slice::from_ref(&request));
+        assert_eq!(w.boxes.take(2), std::slice::from_ref(&request));
+        assert!(w.boxes.take(3).is_empty(), "the joiner is not flushed");
+        assert_eq!(w.table.groups()[0].members, ["#a#d", "#b#d"], "not yet");
+        let owed: Vec<_> = w.boxes.1.iter().cloned().collect();
+        assert_eq!(owed, [(1, "vs.g".into()), (2, "vs.g".into())]);
+        flush_ok(&mut w, "#a#d", 2);
+        assert!(w.boxes.take(1).is_empty() && w.boxes.take(2).is_empty());
+        // A repeated or stale answer changes nothing.
+        flush_ok(&mut w, "#a#d", 2);
+        flush_ok(&mut w, "#b#d", 1);
+        assert!(w.boxes.take(2).is_empty());
+        assert_eq!(w.table.stats().stray_flush_oks, 2);
+        flush_ok(&mut w, "#b#d", 2);
+        let v = view("vs.g", 3, Join, "#c#d", &["#a#d", "#b#d", "#c#d"]);
+        for id in 1..=3 {
+            assert_eq!(w.boxes.take(id), std::slice::from_ref(&v), "client {id}");
+        }
+        assert!(w.boxes.1.is_empty(), "nobody owes an answer");
+        assert_eq!(w.table.stats().flushes, 2, "b's join, then c's");
+        assert_eq!(w.table.groups()[0].flush_pending, 0);
+    }
+
+    #[test]
+    fn vs_a_message_sent_before_flush_ok_is_delivered_in_the_old_view() {
+        let mut w = vs_pair();
+        w.join("#c#d", "vs.g");
+        for id in 1..=2 {
+            w.boxes.take(id);
+        }
+        w.send("#a#d", &["vs.g"], b"old");
+        flush_ok(&mut w, "#a#d", 2);
+        w.send("#b#d", &["vs.g"], b"old too");
+        flush_ok(&mut w, "#b#d", 2);
+        use MembershipReason::*;
+        let v = view("vs.g", 3, Join, "#c#d", &["#a#d", "#b#d", "#c#d"]);
+        let m1 = Seen::Data("#a#d".into(), vec!["vs.g".into()], b"old".to_vec());
+        let m2 = Seen::Data("#b#d".into(), vec!["vs.g".into()], b"old too".to_vec());
+        for id in 1..=2 {
+            assert_eq!(w.boxes.take(id), [m1.clone(), m2.clone(), v.clone()]);
+        }
+        assert_eq!(w.boxes.take(3), [v], "the joiner gets only the new view");
+        w.send("#c#d", &["vs.g"], b"new");
+        assert_eq!(w.boxes.take(1).len(), 1);
+    }
+
+    #[test]
+    fn vs_a_joiner_that_vanishes_during_its_round_ends_it_with_a_view() {
+        let mut w = vs_pair();
+        w.join("#c#d", "vs.g");
+        w.table.unbind_local("#c#d", 3);
+        w.apply(Event::Disconnect { client: "#c#d" });
+        for id in 1..=2 {
+            w.boxes.take(id);
+        }
+        flush_ok(&mut w, "#a#d", 2);
+        flush_ok(&mut w, "#b#d", 2);
+        // The members flushed, so a view (same members) ends their round.
+        let v = view(
+            "vs.g",
+            3,
+            MembershipReason::Disconnect,
+            "#c#d",
+            &["#a#d", "#b#d"],
+        );
+        assert_eq!(w.boxes.take(1), std::slice::from_ref(&v));
+        assert_eq!(w.boxes.take(2), [v]);
+        assert!(w.table.clients.iter().flatten().all(|c| &*c.name != "#c#d"));
+        assert_eq!(w.table.groups()[0].flush_pending, 0);
+    }
+
+    #[test]
+    fn vs_a_silent_member_disconnected_for_timeout_is_not_waited_for() {
+        let mut w = vs_pair();
+        w.join("#c#d", "vs.g");
+        for id in 1..=2 {
+            w.boxes.take(id);
+        }
+        flush_ok(&mut w, "#a#d", 2);
+        assert!(w.boxes.1.contains(&(2, "vs.g".into())), "b owes an answer");
+        // The runtime's timer ran out for b: it closes b's session and orders the
+        // Disconnect, which ends the wait. The join's view comes (b is still in it: its
+        // removal is the next change), then b's removal is flushed by the survivors.
+        w.table.unbind_local("#b#d", 2);
+        w.apply(Event::Disconnect { client: "#b#d" });
+        use MembershipReason::*;
+        let joined = view("vs.g", 3, Join, "#c#d", &["#a#d", "#b#d", "#c#d"]);
+        let request = flush("vs.g", 3, Disconnect, "#b#d");
+        assert_eq!(w.boxes.take(1), [joined.clone(), request.clone()]);
+        assert_eq!(w.boxes.take(3), [joined, request]);
+        assert!(w.boxes.take(2).is_empty(), "b is gone");
+        assert!(!w.table.has_client("#b#d"));
+        flush_ok(&mut w, "#c#d", 3);
+        flush_ok(&mut w, "#a#d", 3);
+        let gone = view("vs.g", 4, Disconnect, "#b#d", &["#a#d", "#c#d"]);
+        assert_eq!(w.boxes.take(1), std::slice::from_ref(&gone));
+        assert_eq!(w.boxes.take(3), [gone]);
+        // The departed client's entry is released once no view lists it.
+        w.connect("#b#d", 4);
+        w.join("#b#d", "vs.g");
+        assert_eq!(w.boxes.take(1), [flush("vs.g", 4, Join, "#b#d")]);
+    }
+
+    #[test]
+    fn vs_changes_queue_in_order_and_leavers_are_not_waited_for() {
+        let mut w = vs_pair();
+        w.join("#c#d", "vs.g");
+        w.apply(Event::Leave {
+            client: "#b#d",
+            group: "vs.g",
+        });
+        // c is queued to join: joining again is refused, leaving is queued.
+        w.join("#c#d", "vs.g");
+        assert_eq!(w.boxes.take(3), [Seen::Error(ErrorCode::AlreadyJoined)]);
+        assert_eq!(w.table.groups()[0].flush_pending, 2);
+        for id in 1..=2 {
+            w.boxes.take(id);
+        }
+        flush_ok(&mut w, "#a#d", 2);
+        flush_ok(&mut w, "#b#d", 2);
+        use MembershipReason::*;
+        let joined = view("vs.g", 3, Join, "#c#d", &["#a#d", "#b#d", "#c#d"]);
+        // b's leave is flushed by a and c only.
+        let request = flush("vs.g", 3, Leave, "#b#d");
+        assert_eq!(w.boxes.take(1), [joined.clone(), request.clone()]);
+        assert_eq!(w.boxes.take(2), std::slice::from_ref(&joined));
+        assert_eq!(w.boxes.take(3), [joined, request]);
+        flush_ok(&mut w, "#a#d", 3);
+        flush_ok(&mut w, "#c#d", 3);
+        let left = view("vs.g", 4, Leave, "#b#d", &["#a#d", "#c#d"]);
+        assert_eq!(w.boxes.take(1), std::slice::from_ref(&left));
+        assert_eq!(w.boxes.take(2), [view("vs.g", 4, Leave, "#b#d", &[])]);
+        w.apply(Event::Leave {
+            client: "#a#d",
+            group: "vs.g",
+        });
+        assert_eq!(
+            w.boxes.take(3).len(),
+            2,
+            "b's leave view, then the flush of a's leave"
+        );
+        flush_ok(&mut w, "#c#d", 4);
+        // The last member leaves at once: nobody stays to flush.
+        w.apply(Event::Leave {
+            client: "#c#d",
+            group: "vs.g",
+        });
+        assert!(w.table.groups().is_empty());
+    }
+
+    #[test]
+    fn groups_without_vs_change_at_once() {
+        let mut w = world_vs(&["vs.*", "plain"], &["vs.*"]);
+        w.connect("#a#d", 1);
+        w.connect("#b#d", 2);
+        w.join("#a#d", "plain");
+        w.join("#b#d", "plain");
+        use MembershipReason::*;
+        assert_eq!(
+            w.boxes.take(1),
+            [
+                view("plain", 1, Join, "#a#d", &["#a#d"]),
+                view("plain", 2, Join, "#b#d", &["#a#d", "#b#d"])
+            ]
+        );
+        assert_eq!(w.table.stats().flushes, 0);
     }
 
     #[test]
@@ -1101,6 +1712,150 @@ mod tests {
         assert_eq!(d1.boxes.take(1).len(), 3);
     }
 
+    mod vs_model {
+        //! Virtual Synchrony groups over random operations, members answering flush
+        //! requests at random times: no round stalls once everyone answers, and the
+        //! table ends with the membership the operations asked for.
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::{BTreeMap, BTreeSet};
+
+        const CLIENTS: [&str; 4] = ["#a#d", "#b#d", "#c#d", "#d#d"];
+        const GROUPS: [&str; 2] = ["vs.x", "vs.y"];
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Join(usize, usize),
+            Leave(usize, usize),
+            Drop(usize),
+            Send(usize, usize),
+            Answer(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0..4usize, 0..2usize).prop_map(|(c, g)| Op::Join(c, g)),
+                (0..4usize, 0..2usize).prop_map(|(c, g)| Op::Leave(c, g)),
+                (0..4usize).prop_map(Op::Drop),
+                (0..4usize, 0..2usize).prop_map(|(c, g)| Op::Send(c, g)),
+                (0..4usize).prop_map(Op::Answer),
+                (0..4usize).prop_map(Op::Answer),
+            ]
+        }
+
+        /// Reads what client `i` got: views (checked to increase) and flush requests
+        /// (kept to answer; a view of the group ends the wait).
+        fn read(
+            w: &mut World,
+            i: usize,
+            pending: &mut BTreeMap<(usize, String), ViewId>,
+            last: &mut BTreeMap<(usize, String), ViewId>,
+        ) -> Result<(), TestCaseError> {
+            for seen in w.boxes.take(i as LocalId) {
+                match seen {
+                    Seen::Flush(g, v, _, _) => {
+                        pending.insert((i, g), v);
+                    }
+                    Seen::View(g, _, v, _, _, _) => {
+                        if let Some(prev) = last.insert((i, g.clone()), v) {
+                            prop_assert!(v > prev, "views increase");
+                        }
+                        pending.remove(&(i, g));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+
+        fn answer(w: &mut World, i: usize, pending: &mut BTreeMap<(usize, String), ViewId>) {
+            let mine: Vec<_> = pending
+                .iter()
+                .filter(|((c, _), _)| *c == i)
+                .map(|((_, g), v)| (g.clone(), *v))
+                .collect();
+            for (g, v) in mine {
+                pending.remove(&(i, g.clone()));
+                w.apply(Event::FlushOk {
+                    client: CLIENTS[i],
+                    group: &g,
+                    view: v,
+                });
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+            #[test]
+            fn vs_rounds_never_stall_and_end_in_the_asked_membership(
+                ops in proptest::collection::vec(op(), 1..60),
+            ) {
+                let mut w = world_vs(&["vs.*"], &["vs.*"]);
+                let mut connected = [true; 4];
+                for (i, c) in CLIENTS.iter().enumerate() {
+                    w.connect(c, i as LocalId);
+                }
+                let mut members: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+                let mut pending = BTreeMap::new();
+                let mut last = BTreeMap::new();
+                for op in &ops {
+                    match *op {
+                        Op::Join(c, g) if connected[c] => {
+                            w.join(CLIENTS[c], GROUPS[g]);
+                            members.entry(g).or_default().insert(c);
+                        }
+                        Op::Leave(c, g) if connected[c] => {
+                            w.apply(Event::Leave { client: CLIENTS[c], group: GROUPS[g] });
+                            members.entry(g).or_default().remove(&c);
+                        }
+                        Op::Drop(c) if connected[c] => {
+                            w.table.unbind_local(CLIENTS[c], c as LocalId);
+                            w.apply(Event::Disconnect { client: CLIENTS[c] });
+                            connected[c] = false;
+                            for m in members.values_mut() {
+                                m.remove(&c);
+                            }
+                            pending.retain(|(i, _), _| *i != c);
+                        }
+                        Op::Send(c, g) if connected[c] => w.send(CLIENTS[c], &[GROUPS[g]], b"m"),
+                        Op::Answer(c) if connected[c] => answer(&mut w, c, &mut pending),
+                        _ => continue,
+                    }
+                    for i in 0..CLIENTS.len() {
+                        read(&mut w, i, &mut pending, &mut last)?;
+                    }
+                }
+                // Everyone still connected answers until nothing is asked any more.
+                for _ in 0..100 {
+                    if pending.is_empty() {
+                        break;
+                    }
+                    for i in 0..CLIENTS.len() {
+                        answer(&mut w, i, &mut pending);
+                    }
+                    for i in 0..CLIENTS.len() {
+                        read(&mut w, i, &mut pending, &mut last)?;
+                    }
+                }
+                prop_assert!(pending.is_empty(), "a flush request was never followed by a view");
+                prop_assert!(w.boxes.1.iter().all(|(id, _)| !connected[*id as usize]),
+                    "nobody connected owes an answer: {:?}", w.boxes.1);
+                let groups = w.table.groups();
+                for g in &groups {
+                    prop_assert_eq!(g.flush_pending, 0, "round left in {}", g.name);
+                    let gi = GROUPS.iter().position(|x| *x == g.name).unwrap();
+                    let want: Vec<&str> = members[&gi].iter().map(|&m| CLIENTS[m]).collect();
+                    prop_assert_eq!(&g.members, &want);
+                }
+                let live = members.values().filter(|m| !m.is_empty()).count();
+                prop_assert_eq!(groups.len(), live, "empty groups are dropped");
+                // Departed clients' entries are all released.
+                let entries = w.table.clients.iter().flatten().count();
+                prop_assert_eq!(entries, connected.iter().filter(|c| **c).count());
+            }
+        }
+    }
+
     mod model {
         //! The table against a plain model, over random operation sequences.
         use super::*;
@@ -1190,7 +1945,7 @@ mod tests {
                                         prop_assert_eq!(ms, want, "the view is the membership");
                                     }
                                 }
-                                Seen::Error(_) => {}
+                                Seen::Error(_) | Seen::Flush(..) => {}
                             }
                         }
                         prop_assert_eq!(data, usize::from(expect_data.contains(&i)),

@@ -249,6 +249,7 @@ impl Daemon {
                 .min(config.queue_limit(&profile) / 2),
             stall: Duration::from_millis(profile.client_stall_ms),
             hello_timeout: Duration::from_millis(profile.hello_timeout_ms),
+            flush_timeout: Duration::from_millis(config.groups.flush_timeout_ms),
             read_chunk: profile.read_chunk_bytes,
             reads_per_turn: profile.reads_per_turn,
             write_chunk: profile.write_chunk_bytes,

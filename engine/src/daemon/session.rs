@@ -135,6 +135,9 @@ pub(crate) enum CloseReason {
     TooLarge,
     /// The client fell behind (the Goodbye is queued).
     SlowConsumer,
+    /// The client, a member of a Virtual Synchrony group, did not answer a flush request
+    /// in time (the Goodbye is queued).
+    FlushTimeout,
 }
 
 /// A connected client.
@@ -180,6 +183,9 @@ pub(crate) struct Session {
     /// The encoded Welcome, held until the client's Connect has been ordered (then its
     /// private name is known at every daemon).
     pub(crate) welcome: Option<Vec<u8>>,
+    /// Flush requests this client has not answered yet: the group, and when it was
+    /// asked (it is disconnected once the profile's flush timeout passes).
+    pub(crate) flush_waits: Vec<(Box<str>, Instant)>,
 }
 
 /// First size of a session's read buffer; it grows (to the profile's read chunk, or to
@@ -212,6 +218,7 @@ impl Session {
             hup_seen: false,
             pending: VecDeque::new(),
             welcome: None,
+            flush_waits: Vec::new(),
         }
     }
 

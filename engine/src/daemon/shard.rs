@@ -107,6 +107,7 @@ mod down {
     pub const OUTPUT: u8 = 1;
     pub const FREED: u8 = 2;
     pub const WELCOME: u8 = 3;
+    pub const FLUSH_WAIT: u8 = 4;
 }
 
 /// One record of a session worker's batch (slots are the sender's).
@@ -138,6 +139,13 @@ pub(crate) enum Down<'a> {
     Freed { slot: LocalId },
     /// The client's Connect has been ordered: send it the Welcome held for it.
     Welcome { slot: LocalId },
+    /// The client was asked to flush `group` (`waiting`), or no longer owes the answer:
+    /// the session worker times the wait.
+    FlushWait {
+        slot: LocalId,
+        group: &'a str,
+        waiting: bool,
+    },
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
@@ -256,6 +264,16 @@ pub(crate) fn next_down<'a>(buf: &mut &'a [u8]) -> Option<Result<Down<'a>, ()>> 
         })(),
         down::FREED => take_u32(&mut rest).map(|slot| Down::Freed { slot }),
         down::WELCOME => take_u32(&mut rest).map(|slot| Down::Welcome { slot }),
+        down::FLUSH_WAIT => (|| {
+            let slot = take_u32(&mut rest)?;
+            let waiting = take(&mut rest, 1)?[0] != 0;
+            let group = take_str(&mut rest)?;
+            Some(Down::FlushWait {
+                slot,
+                group,
+                waiting,
+            })
+        })(),
         _ => None,
     };
     *buf = rest;
@@ -355,6 +373,16 @@ impl Outgoing {
         put_u32(&mut self.batch, slot);
     }
 
+    /// Appends a [`Down::FlushWait`] (after the frames already batched for the slot, so
+    /// the FlushRequest is queued before its timer starts).
+    pub(crate) fn flush_wait(&mut self, slot: LocalId, group: &str, waiting: bool) {
+        self.close_open();
+        self.batch.push(down::FLUSH_WAIT);
+        put_u32(&mut self.batch, slot);
+        self.batch.push(u8::from(waiting));
+        put_str(&mut self.batch, group);
+    }
+
     /// Appends an [`Up`] record.
     pub(crate) fn up(&mut self, record: &Up<'_>) {
         self.close_open();
@@ -442,6 +470,18 @@ impl<O: Outbox> Outbox for Route<'_, O> {
             && peer.clients.contains_key(&slot)
         {
             peer.out.welcome(slot);
+        }
+    }
+
+    fn flush_wait(&mut self, id: LocalId, group: &str, waiting: bool) {
+        let (worker, slot) = split(id);
+        if worker == 0 {
+            return self.own.flush_wait(slot, group, waiting);
+        }
+        if let Some(peer) = self.peers.get_mut(worker - 1)
+            && peer.clients.contains_key(&slot)
+        {
+            peer.out.flush_wait(slot, group, waiting);
         }
     }
 

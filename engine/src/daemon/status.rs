@@ -46,6 +46,8 @@ pub(crate) struct Counters {
     pub errors: [u64; 16],
     pub refusals: [u64; 8],
     pub slow_consumer_disconnects: u64,
+    /// Clients disconnected for not answering a flush request in time.
+    pub flush_timeouts: u64,
     pub oversize_disconnects: u64,
     pub status_requests: u64,
     pub read_pauses: u64,
@@ -71,6 +73,7 @@ impl Counters {
             *a += b;
         }
         self.slow_consumer_disconnects += o.slow_consumer_disconnects;
+        self.flush_timeouts += o.flush_timeouts;
         self.oversize_disconnects += o.oversize_disconnects;
         self.status_requests += o.status_requests;
         self.read_pauses += o.read_pauses;
@@ -151,6 +154,8 @@ pub(crate) fn render(
             "view_id": g.view.to_string(),
             "view": {"epoch": g.view.epoch, "seq": g.view.seq},
             "closed": g.closed,
+            "vs": g.vs,
+            "flush_pending": g.flush_pending,
             "members": g.members,
         })).collect::<Vec<_>>(),
         "counters": {
@@ -176,6 +181,7 @@ pub(crate) fn render(
             "refusals_by_code": refusals,
             "malformed_frames": c.malformed_frames,
             "slow_consumer_disconnects": c.slow_consumer_disconnects,
+            "flush_timeouts": c.flush_timeouts,
             "oversize_disconnects": c.oversize_disconnects,
             "status_requests": c.status_requests,
             "read_pauses": c.read_pauses,

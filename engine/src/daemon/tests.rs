@@ -54,6 +54,8 @@ enum Got {
     Error(ErrorCode, String),
     Status(serde_json::Value),
     Goodbye(String),
+    /// Group, view id.
+    Flush(String, ViewId),
 }
 
 trait Conn: Read + Write + Send {}
@@ -144,6 +146,9 @@ impl Client {
                         Got::Status(serde_json::from_str(json).unwrap())
                     }
                     DaemonFrame::Goodbye { reason } => Got::Goodbye(reason.into()),
+                    DaemonFrame::FlushRequest { group, view_id, .. } => {
+                        Got::Flush(group.into(), view_id)
+                    }
                 };
                 self.buf.drain(..used);
                 return Some(got);

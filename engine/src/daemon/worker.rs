@@ -56,6 +56,8 @@ pub(crate) struct Limits {
     pub pause_mark: usize,
     pub stall: Duration,
     pub hello_timeout: Duration,
+    /// How long a member of a Virtual Synchrony group may take to answer a flush request.
+    pub flush_timeout: Duration,
     pub read_chunk: usize,
     pub reads_per_turn: usize,
     pub write_chunk: usize,
@@ -73,6 +75,9 @@ struct Sessions {
     free: Vec<LocalId>,
     dirty: Vec<LocalId>,
     live: usize,
+    /// Some session may be waiting for a flush answer (set when one is asked; cleared by
+    /// the housekeeping pass that finds none), so idle loops wake to time it out.
+    flush_waits: bool,
 }
 
 impl Sessions {
@@ -105,6 +110,18 @@ impl Sessions {
 impl Outbox for Sessions {
     fn connected(&mut self, id: LocalId) {
         self.welcome(id);
+    }
+
+    fn flush_wait(&mut self, id: LocalId, group: &str, waiting: bool) {
+        let Some(s) = self.get(id) else {
+            return;
+        };
+        s.flush_waits.retain(|(g, _)| &**g != group);
+        if waiting {
+            // Rare (once per change of a VS group): its own clock reading is cheap enough.
+            s.flush_waits.push((group.into(), Instant::now()));
+            self.flush_waits = true;
+        }
     }
 
     fn request(&mut self, id: LocalId) -> u32 {
@@ -361,7 +378,7 @@ impl Worker {
             } else if self.paused || !self.lingering.is_empty() {
                 // Paused on a congested client: look again soon for its stall deadline.
                 Some(Duration::from_millis(10))
-            } else if self.sessions.live > self.by_name.len() {
+            } else if self.sessions.live > self.by_name.len() || self.sessions.flush_waits {
                 // Someone has not said hello yet: wake for the housekeeping that times
                 // it out.
                 Some(HOUSEKEEPING)
@@ -564,6 +581,11 @@ impl Worker {
                                 }
                             }
                             Ok(Down::Welcome { slot }) => self.sessions.welcome(slot),
+                            Ok(Down::FlushWait {
+                                slot,
+                                group,
+                                waiting,
+                            }) => self.sessions.flush_wait(slot, group, waiting),
                             Ok(Down::Freed { slot }) => {
                                 let i = slot as usize;
                                 if let Some(w) = self.awaiting_unbind.get_mut(i) {
@@ -1010,6 +1032,20 @@ impl Worker {
                 };
                 submit_request(&mut self.role, &mut self.sessions, id, request, &event);
             }
+            ClientFrame::FlushOk { group, .. } if names::check_group(group).is_err() => {
+                let reason = format!("flush ok for {group:?}: not a group name");
+                self.reject(id, 0, ErrorCode::BadGroupName, &reason);
+            }
+            ClientFrame::FlushOk { group, view_id } => {
+                // Not a request (nothing answers it); the table ignores a stale one. The
+                // wait ends when the table counts it, at every daemon alike.
+                let event = Event::FlushOk {
+                    client: me,
+                    group,
+                    view: view_id,
+                };
+                submit(&mut self.role, &mut self.sessions, &event);
+            }
             ClientFrame::Disconnect => self.close(id, CloseReason::Client),
             // Answered at once: a snapshot of this daemon, not a change to order.
             ClientFrame::StatusRequest { .. } => self.status(id),
@@ -1020,7 +1056,8 @@ impl Worker {
         if version != PROTOCOL_VERSION {
             let reason = format!(
                 "protocol version {version} is not supported; this daemon speaks \
-                 {PROTOCOL_VERSION} (version 2 numbers requests so that errors name them): \
+                 {PROTOCOL_VERSION} (version 2 numbers requests so that errors name them; \
+                 version 3 adds the flush round of Virtual Synchrony groups): \
                  upgrade the client"
             );
             return self.refuse(id, RefuseCode::UnsupportedVersion, &reason);
@@ -1276,9 +1313,20 @@ impl Worker {
         }
         self.next_housekeeping = now + HOUSEKEEPING;
         let mut silent = Vec::new();
+        let mut unflushed = Vec::new();
+        let check_flush = std::mem::take(&mut self.sessions.flush_waits);
         for (id, slot) in self.sessions.slots.iter_mut().enumerate() {
             let Some(s) = slot else { continue };
             s.shrink_read(self.limits.read_chunk);
+            if check_flush && s.closing.is_none() && !s.flush_waits.is_empty() {
+                self.sessions.flush_waits = true;
+                let late = s.flush_waits.iter().find(|(_, since)| {
+                    now.saturating_duration_since(*since) >= self.limits.flush_timeout
+                });
+                if let Some((group, _)) = late {
+                    unflushed.push((id as LocalId, group.clone()));
+                }
+            }
             if !s.welcomed
                 && s.closing.is_none()
                 && now.duration_since(s.accepted) >= self.limits.hello_timeout
@@ -1289,6 +1337,20 @@ impl Worker {
         for id in silent {
             let reason = format!("no hello within {:?}", self.limits.hello_timeout);
             self.refuse(id, RefuseCode::BadHello, &reason);
+        }
+        for (id, group) in unflushed {
+            self.counters.flush_timeouts += 1;
+            let reason = format!(
+                "flush timeout: no FlushOk for group {group:?} within {} ms",
+                self.limits.flush_timeout.as_millis()
+            );
+            tracing::info!(id, %reason, "disconnecting");
+            if let Some(s) = self.sessions.get(id) {
+                encode::goodbye(&mut s.wbuf, &reason);
+                self.counters.own_frames_out += 1;
+            }
+            // Its Disconnect, once ordered, ends the flush's wait for it at every daemon.
+            self.close(id, CloseReason::FlushTimeout);
         }
     }
 

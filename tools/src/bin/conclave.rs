@@ -277,6 +277,9 @@ fn user(addr: &conclave::Address, name: &str) -> AnyResult<()> {
 
 fn user_session(addr: &conclave::Address, name: &str, state: &mut UserState) -> AnyResult<()> {
     let mut conn = Connection::connect_as(addr, name)?;
+    // A person types slower than any flush timeout: answer flush requests at once (what
+    // was typed before is already sent).
+    conn.set_auto_flush_ok(true);
     println!(
         "connected to {} ({}) as {}; h for help",
         conn.daemon_name(),
@@ -523,6 +526,15 @@ fn show_event(state: &mut UserState, ev: Event) {
             reason,
         } => println!("\n[error {code:?}] {reason} (request {request})"),
         Event::Status { json } => println!("\n[status] {json}"),
+        Event::FlushRequest {
+            group,
+            view_id,
+            reason,
+            changed,
+        } => println!(
+            "\n[flush {group} view {view_id}: {reason:?} of {} pending; answered]",
+            changed.join(",")
+        ),
         Event::Goodbye { reason } => {
             println!("\n[goodbye] {reason}");
             state.goodbye = Some(reason);

@@ -15,6 +15,7 @@ use conclave_control::wire::names;
 
 use super::{Client, ClientIdx, GroupIdx, GroupTable, LocalId, Outbox, insert_slot};
 use crate::core::event::{Event, encode_state};
+use conclave_control::wire::client::MembershipReason as Reason;
 
 impl GroupTable {
     /// Applies a transitional configuration: every client whose daemon is not kept
@@ -63,6 +64,27 @@ impl GroupTable {
             }
             self.free_clients.push(i as ClientIdx);
         }
+        // Virtual Synchrony groups: changes naming departed clients are dropped (their
+        // entries are freed), and nobody waits for the departed. A flush whose change went,
+        // or whose group gets a transitional view (a new view id), starts again.
+        let mut restart: BTreeSet<Box<str>> = BTreeSet::new();
+        let mut check: Vec<GroupIdx> = Vec::new();
+        if self.any_vs {
+            for (g, slot) in self.groups.iter_mut().enumerate() {
+                let Some(gr) = slot.as_mut() else { continue };
+                let Some(f) = gr.flush.as_mut() else { continue };
+                let head = f.queue.front().map(|ch| ch.client);
+                f.queue.retain(|ch| {
+                    ch.client
+                        .is_none_or(|c| !gone.get(c as usize).copied().unwrap_or(false))
+                });
+                f.waiting.retain(|&m| !gone[m as usize]);
+                if f.queue.front().map(|ch| ch.client) != head {
+                    restart.insert(gr.name.clone());
+                }
+                check.push(g as GroupIdx);
+            }
+        }
         for name in &touched {
             let Some(&g) = self.groups_by_name.get(name) else {
                 continue;
@@ -74,11 +96,36 @@ impl GroupTable {
             gr.members.retain(|&m| !gone[m as usize]);
             gr.local.retain(|l| !gone_locals.contains(l));
             if gr.members.is_empty() {
-                self.drop_group(g);
+                // A VS group with joins still queued lives on for them.
+                if gr.flush.as_ref().is_none_or(|f| f.queue.is_empty()) {
+                    self.drop_group(g);
+                }
                 continue;
             }
             self.view_change(g, ViewKind::Transitional, out);
             self.pending_regular.insert(name.clone());
+            if self.groups[g as usize]
+                .as_ref()
+                .is_some_and(|gr| gr.flush.is_some())
+            {
+                restart.insert(name.clone());
+            }
+        }
+        for name in &restart {
+            if let Some(&g) = self.groups_by_name.get(name) {
+                // Its members may have answered for a change that is gone now: a view
+                // must end their round, so the group gets the install's regular view.
+                self.pending_regular.insert(name.clone());
+                self.start_flush(g, out);
+            }
+        }
+        for g in check {
+            if let Some(gr) = self.groups[g as usize].as_mut()
+                && gr.flush.as_ref().is_some_and(|f| f.queue.is_empty())
+            {
+                gr.flush = None;
+            }
+            self.advance(g, out);
         }
     }
 
@@ -103,7 +150,12 @@ impl GroupTable {
         }
         for name in groups {
             if let Some(&g) = self.groups_by_name.get(&name) {
-                self.view_change(g, ViewKind::Regular, out);
+                if self.groups[g as usize].as_ref().is_some_and(|gr| gr.vs) {
+                    // Virtual Synchrony: the regular view waits for the survivors' flush.
+                    self.enqueue(g, Reason::Network, None, out);
+                } else {
+                    self.view_change(g, ViewKind::Regular, out);
+                }
             }
         }
     }
@@ -113,18 +165,41 @@ impl GroupTable {
     /// After a configuration change that needs a state exchange, each daemon sends its own
     /// in the new configuration, for every daemon's [`GroupTable::merge`].
     pub fn state_of(&self, daemon: &str, out: &mut Vec<u8>) {
-        let mut mine: Vec<&Client> = self
+        let mut mine: Vec<(ClientIdx, &Client)> = self
             .clients
             .iter()
-            .flatten()
-            .filter(|c| names::daemon_of(&c.name) == Some(daemon))
+            .enumerate()
+            .filter_map(|(i, c)| Some((i as ClientIdx, c.as_ref()?)))
+            .filter(|(_, c)| !c.gone && names::daemon_of(&c.name) == Some(daemon))
             .collect();
-        mine.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        mine.sort_unstable_by(|a, b| a.1.name.cmp(&b.1.name));
+        // Changes still waiting for a flush are listed as done: the merge installs every
+        // group's view at once, so they take effect there without a flush of their own.
+        let queued_joins = |c: ClientIdx| -> Vec<GroupIdx> {
+            let mut joins: Vec<GroupIdx> = (0..self.groups.len() as GroupIdx)
+                .filter(|&g| {
+                    self.groups[g as usize]
+                        .as_ref()
+                        .is_some_and(|gr| gr.flush.is_some() && !gr.members.contains(&c))
+                        && self.will_be_member(c, g)
+                })
+                .collect();
+            joins.sort_unstable_by(|&a, &b| self.group_name(a).cmp(self.group_name(b)));
+            joins
+        };
         encode_state(
             out,
             daemon,
-            mine.into_iter().map(|c| {
-                let groups = c.groups.iter().map(|&g| self.group_name(g));
+            mine.into_iter().map(|(i, c)| {
+                let staying = c
+                    .groups
+                    .iter()
+                    .copied()
+                    .filter(|&g| self.will_be_member(i, g));
+                let groups: Vec<&str> = staying
+                    .chain(queued_joins(i))
+                    .map(|g| self.group_name(g))
+                    .collect();
                 (&*c.name, groups)
             }),
         );
@@ -148,6 +223,21 @@ impl GroupTable {
     /// The caller applies the events ordered in the new configuration that are not `State`
     /// events only after this call: a `Join` applied to the old table would be lost.
     pub fn merge(&mut self, epoch: u64, states: &[Event<'_>], out: &mut dyn Outbox) {
+        // Flushes in progress are abandoned (the states list their changes as done, and
+        // the new views end every flush): local members no longer owe an answer.
+        for gr in self.groups.iter().flatten() {
+            let Some(f) = gr.flush.as_ref() else { continue };
+            for &m in &f.waiting {
+                if let Some(id) = self
+                    .clients
+                    .get(m as usize)
+                    .and_then(Option::as_ref)
+                    .and_then(|c| c.local)
+                {
+                    out.flush_wait(id, &gr.name, false);
+                }
+            }
+        }
         self.by_name.clear();
         self.clients.clear();
         self.free_clients.clear();
@@ -168,6 +258,8 @@ impl GroupTable {
                     local: self.local_ids.get(name).copied(),
                     groups: Vec::new(),
                     told_undeliverable: false,
+                    gone: false,
+                    queued: 0,
                 };
                 let local = entry.local;
                 let c = insert_slot(&mut self.clients, &mut self.free_clients, entry);
@@ -252,7 +344,7 @@ impl GroupTable {
 mod tests {
     use conclave_control::wire::client::{MembershipReason, ViewId, ViewKind};
 
-    use super::super::tests::{Seen, World, world};
+    use super::super::tests::{Seen, World, world, world_vs};
     use super::LocalId;
     use crate::core::event::{Event, encode_state};
 
@@ -846,5 +938,100 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every member of group `group` answers its pending flush.
+    fn all_flush(w: &mut World, group: &str) {
+        let Some(info) = w.table.groups().into_iter().find(|g| g.name == group) else {
+            return;
+        };
+        let view = info.view;
+        let members: Vec<String> = info.members.iter().map(|m| m.to_string()).collect();
+        for m in &members {
+            w.apply(Event::FlushOk {
+                client: m,
+                group,
+                view,
+            });
+        }
+    }
+
+    #[test]
+    fn a_network_removal_in_a_vs_group_is_flushed_before_the_regular_view() {
+        // Daemon d1's table; `#a#d1` is local; the VS group `vs` holds a, x (d2), y (d3).
+        let mut w = world_vs(&["vs*"], &["vs*"]);
+        w.table.bind_local("#a#d1", 1);
+        w.boxes.0.insert(1, Vec::new());
+        for c in ["#a#d1", "#x#d2", "#y#d3"] {
+            w.apply(Event::Connect { client: c });
+            w.join(c, "vs");
+            all_flush(&mut w, "vs");
+        }
+        w.boxes.take(1);
+        assert_eq!(w.table.groups()[0].members, ["#a#d1", "#x#d2", "#y#d3"]);
+        // d2 leaves: the transitional view at once (x cannot be waited for), then the
+        // install flushes the survivors before the regular view.
+        w.table.transitional(&|d| d != "d2", &mut w.boxes);
+        assert_eq!(
+            w.boxes.take(1),
+            [net("vs", Transitional, 1, 4, &["#a#d1", "#y#d3"])]
+        );
+        w.table.install(2, &mut w.boxes);
+        assert_eq!(
+            w.boxes.take(1),
+            [Seen::Flush(
+                "vs".into(),
+                ViewId { epoch: 1, seq: 4 },
+                MembershipReason::Network,
+                String::new()
+            )]
+        );
+        // A message sent before the survivors' FlushOk is still in the old view.
+        w.send("#y#d3", &["vs"], b"late");
+        all_flush(&mut w, "vs");
+        let seen = w.boxes.take(1);
+        assert_eq!(seen.len(), 2);
+        assert!(matches!(&seen[0], Seen::Data(s, _, p) if s == "#y#d3" && p == b"late"));
+        assert_eq!(seen[1], net("vs", Regular, 2, 1, &["#a#d1", "#y#d3"]));
+        assert!(w.boxes.1.is_empty());
+    }
+
+    #[test]
+    fn a_merge_lists_queued_changes_as_done_and_ends_the_rounds_under_way() {
+        let mut w = world_vs(&["vs*"], &["vs*"]);
+        w.table.bind_local("#a#d1", 1);
+        w.boxes.0.insert(1, Vec::new());
+        for c in ["#a#d1", "#b#d1", "#x#d2"] {
+            w.apply(Event::Connect { client: c });
+        }
+        w.join("#a#d1", "vs");
+        w.join("#x#d2", "vs");
+        all_flush(&mut w, "vs");
+        // b's join waits for a and x; a owes an answer.
+        w.join("#b#d1", "vs");
+        assert_eq!(w.table.groups()[0].flush_pending, 1);
+        assert!(w.boxes.1.contains(&(1, "vs".into())));
+        w.boxes.take(1);
+        let mut d1 = Vec::new();
+        w.table.state_of("d1", &mut d1);
+        let mut d2 = Vec::new();
+        w.table.state_of("d2", &mut d2);
+        let (s1, _) = Event::decode(&d1).unwrap();
+        let (s2, _) = Event::decode(&d2).unwrap();
+        let Event::State { clients, .. } = s1 else {
+            panic!("{s1:?}")
+        };
+        let listed: Vec<(&str, Vec<&str>)> = clients
+            .iter()
+            .map(|(n, g)| (n, g.iter().collect()))
+            .collect();
+        assert_eq!(listed, [("#a#d1", vec!["vs"]), ("#b#d1", vec!["vs"])]);
+        w.table.merge(2, &[s1, s2], &mut w.boxes);
+        assert!(w.boxes.1.is_empty(), "the merge ends the round");
+        assert_eq!(
+            w.boxes.take(1),
+            [net("vs", Regular, 2, 1, &["#a#d1", "#b#d1", "#x#d2"])]
+        );
+        assert_eq!(w.table.groups()[0].flush_pending, 0);
     }
 }
