@@ -56,6 +56,19 @@ impl<G: DhGroup> Drop for Bd<G> {
     }
 }
 
+impl<G: DhGroup> std::fmt::Debug for Bd<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Public facts only: the run's exponent and the key stay out of logs.
+        f.debug_struct("Bd")
+            .field("me", self.identity.id())
+            .field("group", &self.dh.group.name())
+            .field("epoch", &self.run.as_ref().map(|r| r.epoch))
+            .field("in_progress", &self.in_progress)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<G: DhGroup> Bd<G> {
     /// A fresh instance for `identity`, verifying others with `directory`.
     pub fn new(group: G, identity: Arc<Identity>, directory: Directory) -> Self {
@@ -124,7 +137,7 @@ impl<G: DhGroup> Bd<G> {
         if n == 2 {
             let other = rounds.z[1 - i].clone().expect("checked above");
             let r = Zeroizing::new(rounds.r.clone());
-            let shared = self.dh.exp(&other, &r);
+            let shared = Zeroizing::new(self.dh.exp(&other, &r));
             out.key = Some(self.complete(run.epoch, &shared));
             return out;
         }
@@ -160,13 +173,14 @@ impl<G: DhGroup> Bd<G> {
                 .group
                 .mul_scalars(&rounds.r, &self.dh.group.scalar_from_u64(n as u64)),
         );
-        let mut acc = self.dh.exp(&prev, &exponent);
+        // The running product ends as the group secret: wiped when dropped.
+        let mut acc = Zeroizing::new(self.dh.exp(&prev, &exponent));
         // Σ_{j=0}^{n-2} (n-1-j)·X_{i+j} as a sum of the prefix products X_i⋯X_{i+k}.
         let mut prefix = xs[i].clone();
-        acc = self.dh.group.mul_elements(&acc, &prefix);
+        *acc = self.dh.group.mul_elements(&acc, &prefix);
         for j in 1..n - 1 {
             prefix = self.dh.group.mul_elements(&prefix, &xs[(i + j) % n]);
-            acc = self.dh.group.mul_elements(&acc, &prefix);
+            *acc = self.dh.group.mul_elements(&acc, &prefix);
         }
         out.key = Some(self.complete(run.epoch, &acc));
         out

@@ -65,6 +65,20 @@ impl<G: DhGroup> Drop for Ckd<G> {
     }
 }
 
+impl<G: DhGroup> std::fmt::Debug for Ckd<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Public facts only: the exponent, the pairwise keys and the key stay out of logs.
+        f.debug_struct("Ckd")
+            .field("me", self.identity.id())
+            .field("group", &self.dh.group.name())
+            .field("epoch", &self.run.as_ref().map(|r| r.epoch))
+            .field("pairwise_keys", &self.pairwise.len())
+            .field("in_progress", &self.in_progress)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<G: DhGroup> Ckd<G> {
     /// A fresh instance for `identity`, verifying others with `directory`.
     pub fn new(group: G, identity: Arc<Identity>, directory: Directory) -> Self {
@@ -266,7 +280,7 @@ impl<G: DhGroup> Ckd<G> {
         let theirs = self.dh.group.decode_element(r.bytes()?)?;
         r.finish()?;
         let (mine, _) = self.exponent(rng);
-        let shared = self.dh.exp(&theirs, &mine);
+        let shared = Zeroizing::new(self.dh.exp(&theirs, &mine));
         let key = self.derive_pairwise(self.identity.id(), from, &shared);
         self.pairwise.insert(from.clone(), key);
         self.blinded
@@ -317,7 +331,7 @@ impl<G: DhGroup> Ckd<G> {
             None => {
                 let theirs = self.dh.group.decode_element(&blinded_bytes)?;
                 let (r_me, _) = self.exponent(rng);
-                let shared = self.dh.exp(&theirs, &r_me);
+                let shared = Zeroizing::new(self.dh.exp(&theirs, &r_me));
                 self.derive_pairwise(&controller, &me, &shared)
             }
         };

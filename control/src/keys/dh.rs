@@ -5,7 +5,7 @@ use std::fmt::Debug;
 use curve25519_dalek::{RistrettoPoint, Scalar, constants::RISTRETTO_BASEPOINT_TABLE};
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha512};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::KeyError;
 
@@ -18,8 +18,9 @@ use super::KeyError;
 pub trait DhGroup: Clone + Send + Sync + Debug + 'static {
     /// A secret exponent; wiped on drop by its owner.
     type Scalar: Clone + Zeroize + Send + Sync + PartialEq;
-    /// A public group element.
-    type Element: Clone + PartialEq + Eq + Send + Sync + Debug;
+    /// A group element. Most are public (blinded keys), but Diffie-Hellman results are
+    /// secrets, so elements can be wiped (`Zeroizing<Element>` where they are).
+    type Element: Clone + PartialEq + Eq + Send + Sync + Debug + Zeroize;
 
     /// Short name for tables and plots (`ristretto255`, `modp2048`, `modp3072`).
     fn name(&self) -> &'static str;
@@ -60,13 +61,16 @@ pub trait DhGroup: Clone + Send + Sync + Debug + 'static {
 
     /// 32 bytes that a group secret element yields as the group key.
     fn element_to_key(&self, e: &Self::Element) -> [u8; 32] {
-        let digest = Sha512::new()
+        // The element and its encoding are the group secret: both copies are wiped.
+        let encoded = Zeroizing::new(self.encode_element(e));
+        let mut digest = Sha512::new()
             .chain_update(b"conclave group key v1")
             .chain_update(self.name().as_bytes())
-            .chain_update(self.encode_element(e))
+            .chain_update(encoded.as_slice())
             .finalize();
         let mut key = [0u8; 32];
         key.copy_from_slice(&digest[..32]);
+        digest.as_mut_slice().zeroize();
         key
     }
 }
@@ -125,13 +129,20 @@ impl DhGroup for Ristretto255 {
     }
 
     fn element_to_scalar(&self, e: &RistrettoPoint) -> Scalar {
-        let digest = Sha512::new()
+        // `e` is a DH result (secret): the compressed copy, the digest and the wide buffer
+        // all hold the node secret's material and are wiped.
+        let mut compressed = e.compress().to_bytes();
+        let mut digest = Sha512::new()
             .chain_update(b"conclave tgdh node secret v1")
-            .chain_update(e.compress().as_bytes())
+            .chain_update(compressed)
             .finalize();
         let mut wide = [0u8; 64];
         wide.copy_from_slice(&digest);
-        Scalar::from_bytes_mod_order_wide(&wide)
+        let k = Scalar::from_bytes_mod_order_wide(&wide);
+        compressed.zeroize();
+        digest.as_mut_slice().zeroize();
+        wide.zeroize();
+        k
     }
 
     fn encode_element(&self, e: &RistrettoPoint) -> Vec<u8> {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use rand_core::CryptoRngCore;
+use zeroize::Zeroizing;
 
 use super::{KeyError, MemberId, Protocol};
 
@@ -23,13 +24,15 @@ pub struct Identity {
 impl Identity {
     /// Makes a fresh identity for `id`.
     pub fn generate(id: MemberId, rng: &mut dyn CryptoRngCore) -> Self {
-        let mut seed = [0u8; 32];
-        rng.fill_bytes(&mut seed);
-        Self::from_seed(id, seed)
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(seed.as_mut_slice());
+        Self::from_seed(id, *seed)
     }
 
-    /// Rebuilds an identity from its 32-byte secret seed.
+    /// Rebuilds an identity from its 32-byte secret seed. The signing key wipes itself
+    /// on drop; this copy of the seed is wiped here.
     pub fn from_seed(id: MemberId, seed: [u8; 32]) -> Self {
+        let seed = Zeroizing::new(seed);
         Self {
             id,
             signing: SigningKey::from_bytes(&seed),

@@ -84,6 +84,19 @@ impl<G: DhGroup> Drop for Gdh<G> {
     }
 }
 
+impl<G: DhGroup> std::fmt::Debug for Gdh<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Public facts only: the share and the key stay out of logs.
+        f.debug_struct("Gdh")
+            .field("me", self.identity.id())
+            .field("group", &self.dh.group.name())
+            .field("epoch", &self.run.as_ref().map(|r| r.epoch))
+            .field("in_progress", &self.in_progress)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<G: DhGroup> Gdh<G> {
     /// A fresh instance for `identity`, verifying others with `directory`.
     pub fn new(group: G, identity: Arc<Identity>, directory: Directory) -> Self {
@@ -239,7 +252,7 @@ impl<G: DhGroup> Gdh<G> {
                 entries.push((id.clone(), self.dh.group.encode_element(&p)));
             }
         }
-        let key_element = self.dh.exp(&partial, &share);
+        let key_element = Zeroizing::new(self.dh.exp(&partial, &share));
         let msg = self.final_message(run, &entries);
         let key = self.finish(
             &key_element,
@@ -321,7 +334,7 @@ impl<G: DhGroup> Gdh<G> {
                 };
                 entries.push((id.clone(), self.dh.group.encode_element(&p)));
             }
-            let key_element = self.dh.exp(&mine, &new_share);
+            let key_element = Zeroizing::new(self.dh.exp(&mine, &new_share));
             self.set_share((*new_share).clone());
             let msg = self.final_message(run, &entries);
             let key = self.finish(
@@ -456,7 +469,7 @@ impl<G: DhGroup> Gdh<G> {
             .find(|(m, _)| *m == me)
             .expect("view contains me");
         let mine = self.dh.group.decode_element(mine)?;
-        let key_element = self.dh.exp(&mine, &self.share());
+        let key_element = Zeroizing::new(self.dh.exp(&mine, &self.share()));
         let key = self.finish(
             &key_element,
             PartialSet {

@@ -122,6 +122,13 @@ pub struct View {
     pub members: Vec<MemberId>,
 }
 
+impl View {
+    /// The members' ids, oldest first.
+    pub fn member_ids(&self) -> impl Iterator<Item = &MemberId> {
+        self.members.iter()
+    }
+}
+
 /// Where a protocol message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -141,8 +148,9 @@ pub struct Outgoing {
     pub bytes: Vec<u8>,
 }
 
-/// The agreed group secret of one epoch. The secret is wiped when this is dropped.
-#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+/// The agreed group secret of one epoch. The secret is wiped when this is dropped, its
+/// `Debug` shows only a one-way fingerprint, and equality is constant-time.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct GroupKey {
     /// The view epoch this key belongs to.
     #[zeroize(skip)]
@@ -151,13 +159,37 @@ pub struct GroupKey {
     pub secret: [u8; 32],
 }
 
+impl GroupKey {
+    /// A short one-way fingerprint of the secret, to compare keys in logs: the first four
+    /// bytes of a SHA-256 of it under its own label, never bytes of the key itself.
+    pub fn fingerprint(&self) -> [u8; 4] {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::new()
+            .chain_update(b"conclave group key fingerprint v1")
+            .chain_update(self.secret)
+            .finalize();
+        [digest[0], digest[1], digest[2], digest[3]]
+    }
+}
+
+impl PartialEq for GroupKey {
+    fn eq(&self, other: &Self) -> bool {
+        // Constant-time in the secret: comparing keys must not leak a matching prefix.
+        use subtle::ConstantTimeEq;
+        self.epoch == other.epoch && bool::from(self.secret.ct_eq(&other.secret))
+    }
+}
+
+impl Eq for GroupKey {}
+
 impl fmt::Debug for GroupKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never print the secret; a short fingerprint is enough to compare in logs.
+        // Never print the secret, not even a prefix of it: a prefix is key material.
+        let fp = self.fingerprint();
         write!(
             f,
             "GroupKey {{ epoch: {}, fp: {:02x}{:02x}{:02x}{:02x} }}",
-            self.epoch, self.secret[0], self.secret[1], self.secret[2], self.secret[3]
+            self.epoch, fp[0], fp[1], fp[2], fp[3]
         )
     }
 }
@@ -234,8 +266,9 @@ pub enum KeyError {
 }
 
 /// One member's protocol instance. Every protocol implements this; drivers and tests are
-/// written against it alone.
-pub trait KeyAgreement: Send {
+/// written against it alone. `Debug` is required so instances can be logged, and every
+/// implementation must keep secrets (shares, path keys, group keys) out of it.
+pub trait KeyAgreement: Send + fmt::Debug {
     /// The protocol this instance runs.
     fn protocol(&self) -> Protocol;
 

@@ -21,7 +21,8 @@ use super::{
     Protocol, View,
 };
 
-/// One member's STR instance.
+/// One member's STR instance (its `Debug` shows no secret).
+#[derive(Debug)]
 pub struct Str<G: DhGroup> {
     engine: TreeEngine<G>,
 }

@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::envelope::{BodyReader, BodyWriter};
 use super::{
@@ -658,6 +658,20 @@ pub(crate) struct TreeEngine<G: DhGroup> {
     key: Option<GroupKey>,
 }
 
+impl<G: DhGroup> std::fmt::Debug for TreeEngine<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Public facts only: leaf and node secrets and the key stay out of logs.
+        f.debug_struct("TreeEngine")
+            .field("protocol", &self.protocol)
+            .field("me", self.identity.id())
+            .field("group", &self.dh.name())
+            .field("epoch", &self.run.as_ref().map(|r| r.epoch))
+            .field("in_progress", &self.in_progress())
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<G: DhGroup> Drop for TreeEngine<G> {
     fn drop(&mut self) {
         self.wipe_secrets();
@@ -1140,7 +1154,7 @@ impl<G: DhGroup> TreeEngine<G> {
                 let Ok(e) = self.dh.decode_element(&bk) else {
                     break;
                 };
-                let shared = self.exp(&e, &s);
+                let shared = Zeroizing::new(self.exp(&e, &s));
                 let run = self.run.as_mut().expect("computing inside a run");
                 run.done = true;
                 let key = GroupKey {
@@ -1188,7 +1202,7 @@ impl<G: DhGroup> TreeEngine<G> {
                 (None, None) => break,
             };
             let child_key = run.keys[pos - 1].clone().expect("lower secret known");
-            let shared = self.exp(&sib_elem, &child_key);
+            let shared = Zeroizing::new(self.exp(&sib_elem, &child_key));
             let run = self.run.as_mut().expect("computing inside a run");
             let tree = run.tree.as_mut().expect("settled");
             if node == tree.root {
@@ -1393,7 +1407,8 @@ impl<G: DhGroup> TreeEngine<G> {
     }
 }
 
-/// One member's TGDH instance.
+/// One member's TGDH instance (its `Debug` shows no secret).
+#[derive(Debug)]
 pub struct Tgdh<G: DhGroup> {
     engine: TreeEngine<G>,
 }
