@@ -152,11 +152,7 @@ impl Manual {
     }
 
     fn view(&mut self, epoch: u64) {
-        let view = View {
-            group: "g".into(),
-            epoch,
-            members: self.members.iter().map(|m| m.me().clone()).collect(),
-        };
+        let view = View::new("g", epoch, self.members.iter().map(|m| m.me().clone()));
         for k in 0..self.members.len() {
             let out = self.members[k]
                 .handle_view(&view, &mut self.rng)

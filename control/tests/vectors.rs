@@ -139,11 +139,11 @@ fn play(make: Make, seed: u64, scenario: &Scenario) -> Value {
     let mut views: BTreeMap<MemberId, View> = BTreeMap::new();
     let mut steps = Vec::new();
     for (i, members) in scenario.views.iter().enumerate() {
-        let view = View {
-            group: "kat".into(),
-            epoch: i as u64 + 1,
-            members: members.iter().map(|m| MemberId::new(*m)).collect(),
-        };
+        let view = View::new(
+            "kat",
+            i as u64 + 1,
+            members.iter().map(|m| MemberId::new(*m)),
+        );
         let mut queue: VecDeque<(MemberId, MemberId, Vec<u8>)> = VecDeque::new();
         let route = |from: &MemberId,
                      sends: Vec<conclave_control::keys::Outgoing>,
@@ -152,7 +152,7 @@ fn play(make: Make, seed: u64, scenario: &Scenario) -> Value {
             for s in sends {
                 match s.to {
                     Destination::Broadcast => {
-                        for m in &view.members {
+                        for m in view.member_ids() {
                             queue.push_back((from.clone(), m.clone(), s.bytes.clone()));
                         }
                     }
@@ -160,7 +160,7 @@ fn play(make: Make, seed: u64, scenario: &Scenario) -> Value {
                 }
             }
         };
-        for m in &view.members {
+        for m in view.member_ids() {
             let inst = insts
                 .entry(m.clone())
                 .or_insert_with(|| make(ids[m].clone(), dir.clone()));
@@ -181,9 +181,9 @@ fn play(make: Make, seed: u64, scenario: &Scenario) -> Value {
             route(&to, out.sends, &mut queue, &to_view);
         }
         assert!(queue.is_empty(), "run did not go quiet");
-        let oldest = &insts[&view.members[0]];
+        let oldest = &insts[&view.members[0].id];
         let key = oldest.current_key().expect("agreed").clone();
-        for m in &view.members {
+        for m in view.member_ids() {
             assert_eq!(insts[m].current_key(), Some(&key), "{m} disagrees");
         }
         let tree = oldest.snapshot();

@@ -19,6 +19,7 @@ use rand_core::CryptoRngCore;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::envelope::{BodyReader, BodyWriter};
+use super::kdf::derive_from_encoding;
 use super::support::{Counted, Run};
 use super::{
     Destination, DhGroup, Directory, GroupKey, Identity, KeyAgreement, KeyError, MemberId,
@@ -96,11 +97,11 @@ impl<G: DhGroup> Bd<G> {
         w.finish()
     }
 
-    fn complete(&mut self, epoch: u64, key_element: &G::Element) -> GroupKey {
-        let key = GroupKey {
-            epoch,
-            secret: self.dh.group.element_to_key(key_element),
-        };
+    fn complete(&mut self, run: &Run, key_element: &G::Element) -> GroupKey {
+        let key = derive_from_encoding(
+            &run.key_context(Protocol::Bd, self.dh.group.name()),
+            self.dh.group.encode_element(key_element),
+        );
         self.public.clear();
         if let (Some(rounds), Some(run)) = (self.rounds.as_ref(), self.run.as_ref()) {
             for (tag, values) in [("z", &rounds.z), ("X", &rounds.x)] {
@@ -138,7 +139,7 @@ impl<G: DhGroup> Bd<G> {
             let other = rounds.z[1 - i].clone().expect("checked above");
             let r = Zeroizing::new(rounds.r.clone());
             let shared = Zeroizing::new(self.dh.exp(&other, &r));
-            out.key = Some(self.complete(run.epoch, &shared));
+            out.key = Some(self.complete(run, &shared));
             return out;
         }
         let prev = rounds.z[(i + n - 1) % n].clone().expect("checked above");
@@ -182,7 +183,7 @@ impl<G: DhGroup> Bd<G> {
             prefix = self.dh.group.mul_elements(&prefix, &xs[(i + j) % n]);
             *acc = self.dh.group.mul_elements(&acc, &prefix);
         }
-        out.key = Some(self.complete(run.epoch, &acc));
+        out.key = Some(self.complete(run, &acc));
         out
     }
 }
@@ -222,7 +223,7 @@ impl<G: DhGroup> KeyAgreement for Bd<G> {
             });
             return Ok(Output {
                 sends: Vec::new(),
-                key: Some(self.complete(run.epoch, &z)),
+                key: Some(self.complete(&run, &z)),
             });
         }
         let body = self.element_body(&z);

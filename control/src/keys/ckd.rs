@@ -25,6 +25,7 @@ use sha2::{Digest, Sha512};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::envelope::{BodyReader, BodyWriter};
+use super::kdf::derive_group_key;
 use super::support::{Counted, Run};
 use super::{
     Destination, DhGroup, Directory, GroupKey, Identity, KeyAgreement, KeyError, MemberId,
@@ -161,20 +162,12 @@ impl<G: DhGroup> Ckd<G> {
         w.finish()
     }
 
-    fn group_key(run: &Run, secret: &[u8; 32]) -> GroupKey {
-        let digest = Sha512::new()
-            .chain_update(b"conclave ckd group key v1")
-            .chain_update((run.group.len() as u16).to_le_bytes())
-            .chain_update(run.group.as_bytes())
-            .chain_update(run.epoch.to_le_bytes())
-            .chain_update(secret)
-            .finalize();
-        let mut out = [0u8; 32];
-        out.copy_from_slice(&digest[..32]);
-        GroupKey {
-            epoch: run.epoch,
-            secret: out,
-        }
+    /// The group key from the controller's random secret, bound to the run's context.
+    fn group_key(&self, run: &Run, secret: &[u8; 32]) -> GroupKey {
+        derive_group_key(
+            &run.key_context(Protocol::Ckd, self.dh.group.name()),
+            secret,
+        )
     }
 
     /// As controller with every pairwise key: pick the secret and send it to everyone.
@@ -222,7 +215,7 @@ impl<G: DhGroup> Ckd<G> {
                 Destination::Broadcast,
             ));
         }
-        let key = Self::group_key(run, &secret);
+        let key = self.group_key(run, &secret);
         self.key = Some(key.clone());
         self.in_progress = false;
         out.key = Some(key);
@@ -354,7 +347,7 @@ impl<G: DhGroup> Ckd<G> {
         if fresh {
             self.with_controller = Some((controller, blinded_bytes, pairwise));
         }
-        let key = Self::group_key(run, secret);
+        let key = self.group_key(run, secret);
         self.key = Some(key.clone());
         self.in_progress = false;
         Ok(Output {
@@ -379,8 +372,13 @@ impl<G: DhGroup> KeyAgreement for Ckd<G> {
         rng: &mut dyn CryptoRngCore,
     ) -> Result<Output, KeyError> {
         let run = Run::start(self.run.as_ref(), view, self.identity.id())?;
-        self.pairwise.retain(|m, _| run.members.contains(m));
-        self.blinded.retain(|m, _| run.members.contains(m));
+        // Pairwise keys are kept only for members still in the same incarnation: a name
+        // back in a new incarnation is a fresh process with a fresh blinded value, and a
+        // secret sealed under its predecessor's pairwise key would not decrypt.
+        let previous = self.run.take();
+        let keep = |m: &MemberId| previous.as_ref().is_some_and(|p| run.same_member_in(p, m));
+        self.pairwise.retain(|m, _| keep(m));
+        self.blinded.retain(|m, _| keep(m));
         self.awaiting.clear();
         self.run = Some(run.clone());
         self.in_progress = true;

@@ -5,7 +5,7 @@ use std::fmt::Debug;
 use curve25519_dalek::{RistrettoPoint, Scalar, constants::RISTRETTO_BASEPOINT_TABLE};
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha512};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use super::KeyError;
 
@@ -58,21 +58,6 @@ pub trait DhGroup: Clone + Send + Sync + Debug + 'static {
 
     /// Decodes and validates an element; the identity and non-members are refused.
     fn decode_element(&self, bytes: &[u8]) -> Result<Self::Element, KeyError>;
-
-    /// 32 bytes that a group secret element yields as the group key.
-    fn element_to_key(&self, e: &Self::Element) -> [u8; 32] {
-        // The element and its encoding are the group secret: both copies are wiped.
-        let encoded = Zeroizing::new(self.encode_element(e));
-        let mut digest = Sha512::new()
-            .chain_update(b"conclave group key v1")
-            .chain_update(self.name().as_bytes())
-            .chain_update(encoded.as_slice())
-            .finalize();
-        let mut key = [0u8; 32];
-        key.copy_from_slice(&digest[..32]);
-        digest.as_mut_slice().zeroize();
-        key
-    }
 }
 
 /// ristretto255 over curve25519: the fast default group.

@@ -26,8 +26,8 @@ use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
 
 use super::{
-    Destination, DhGroup, Directory, Identity, KeyAgreement, KeyError, MemberId, OpCounts, Output,
-    Protocol, View, new_instance,
+    Destination, DhGroup, Directory, Identity, KeyAgreement, KeyError, Member, MemberId, OpCounts,
+    Output, Protocol, View, new_instance,
 };
 
 /// The group name every driven instance serves.
@@ -145,8 +145,9 @@ pub struct Report {
     pub keys_checked: usize,
     /// Largest component seen.
     pub largest: usize,
-    /// Counts by event kind: join, leave, merge, partition, refresh, churn, form.
-    pub kinds: [usize; 7],
+    /// Counts by event kind: join, leave, merge, partition, refresh, churn, form, restart
+    /// (a member comes back under its name in a new incarnation, with no view between).
+    pub kinds: [usize; 8],
 }
 
 /// Shape of a randomized play.
@@ -209,7 +210,10 @@ struct Cascade<G: DhGroup> {
     identities: Vec<Arc<Identity>>,
     directory: Directory,
     instances: HashMap<MemberId, Box<dyn KeyAgreement>>,
-    departed: HashMap<MemberId, Box<dyn KeyAgreement>>,
+    /// Each name's current incarnation: bumped whenever a fresh instance takes the name.
+    incarnations: HashMap<MemberId, u64>,
+    /// Instances of members that left (or restarted), with the incarnation they had.
+    departed: HashMap<MemberId, (Box<dyn KeyAgreement>, u64)>,
     components: Vec<Component>,
     queues: BTreeMap<(MemberId, MemberId), VecDeque<Vec<u8>>>,
     late: Vec<Message>,
@@ -254,6 +258,7 @@ pub fn play_with<G: DhGroup>(
         identities,
         directory,
         instances: HashMap::new(),
+        incarnations: HashMap::new(),
         departed: HashMap::new(),
         components: Vec::new(),
         queues: BTreeMap::new(),
@@ -305,7 +310,23 @@ impl<G: DhGroup> Cascade<G> {
             self.directory.clone(),
         );
         self.instances.insert(id.clone(), instance);
+        self.incarnations
+            .entry(id.clone())
+            .and_modify(|i| *i += 1)
+            .or_insert(0);
         id
+    }
+
+    /// A view of `members` in their current incarnations.
+    fn view_of(&self, epoch: u64, members: &[MemberId]) -> View {
+        View {
+            group: GROUP.to_owned(),
+            epoch,
+            members: members
+                .iter()
+                .map(|m| Member::new(m.clone(), self.incarnations.get(m).copied().unwrap_or(0)))
+                .collect(),
+        }
     }
 
     /// Picks and plays one event that the current components allow.
@@ -315,7 +336,7 @@ impl<G: DhGroup> Cascade<G> {
             return self.form(&free);
         }
         loop {
-            let kind = self.rng.gen_range(0..7usize);
+            let kind = self.rng.gen_range(0..8usize);
             let ci = self.rng.gen_range(0..self.components.len());
             let size = self.components[ci].members.len();
             match kind {
@@ -386,6 +407,26 @@ impl<G: DhGroup> Cascade<G> {
                     self.report.kinds[6] += 1;
                     return self.form(&free);
                 }
+                7 => {
+                    // A member's process restarts and is back before any view without
+                    // it: same name, new incarnation, newest member. Its old instance
+                    // (with every secret it held) is kept as a departed member.
+                    let mut members = self.components[ci].members.clone();
+                    let at = self.rng.gen_range(0..members.len());
+                    let name = members.remove(at);
+                    if let Some(old) = self.instances.remove(&name) {
+                        let incarnation = self.incarnations.get(&name).copied().unwrap_or(0);
+                        self.departed.insert(name.clone(), (old, incarnation));
+                    }
+                    let index = self
+                        .identities
+                        .iter()
+                        .position(|i| *i.id() == name)
+                        .expect("members come from the universe");
+                    members.push(self.fresh_instance(index));
+                    self.report.kinds[7] += 1;
+                    return self.replace_restarted(vec![ci], vec![members], vec![name]);
+                }
                 _ => {}
             }
         }
@@ -406,6 +447,17 @@ impl<G: DhGroup> Cascade<G> {
 
     /// Ends components `old` and installs a view for each of `new`.
     fn replace(&mut self, old: Vec<usize>, new: Vec<Vec<MemberId>>) -> Result<(), Violation> {
+        self.replace_restarted(old, new, Vec::new())
+    }
+
+    /// [`Self::replace`] where the members `restarted` are back in a new incarnation (their
+    /// previous one counts as departed).
+    fn replace_restarted(
+        &mut self,
+        old: Vec<usize>,
+        new: Vec<Vec<MemberId>>,
+        restarted: Vec<MemberId>,
+    ) -> Result<(), Violation> {
         let mut old = old;
         old.sort_unstable();
         let mut ended = Vec::new();
@@ -413,7 +465,7 @@ impl<G: DhGroup> Cascade<G> {
             ended.push(self.components.remove(ci));
         }
         let staying: HashSet<&MemberId> = new.iter().flatten().collect();
-        let mut departed = Vec::new();
+        let mut departed = restarted;
         for component in &ended {
             for m in &component.members {
                 if !staying.contains(m) {
@@ -444,17 +496,19 @@ impl<G: DhGroup> Cascade<G> {
         }
         self.late.retain(|m| !departed.contains(&m.to));
         for m in &departed {
+            // A restarted member's old instance was set aside already; the name's live
+            // instance is its new incarnation.
+            if staying.contains(m) {
+                continue;
+            }
             if let Some(instance) = self.instances.remove(m) {
-                self.departed.insert(m.clone(), instance);
+                let incarnation = self.incarnations.get(m).copied().unwrap_or(0);
+                self.departed.insert(m.clone(), (instance, incarnation));
             }
         }
         for members in new {
             self.epoch += 1;
-            let view = View {
-                group: GROUP.to_owned(),
-                epoch: self.epoch,
-                members: members.clone(),
-            };
+            let view = self.view_of(self.epoch, &members);
             self.report.views += 1;
             self.report.largest = self.report.largest.max(members.len());
             let mut component = Component {
@@ -649,21 +703,18 @@ impl<G: DhGroup> Cascade<G> {
             let broadcasts = std::mem::take(&mut self.components[ci].broadcasts);
             let members = self.components[ci].members.clone();
             for d in departed {
-                let Some(instance) = self.departed.get_mut(&d) else {
-                    continue;
-                };
-                let mut learned = instance.current_key().is_some_and(|k| k.secret == key);
                 // The departed member pretends it is still in the group: it takes a view of
                 // the new epoch with itself added, so the new run's broadcasts pass the
                 // run checks and reach its protocol state (its saved secrets). Whatever it
-                // computes from them must not be the new key.
-                let mut pretend = members.clone();
-                pretend.push(d.clone());
-                let view = View {
-                    group: GROUP.to_owned(),
-                    epoch,
-                    members: pretend,
+                // computes from them must not be the new key. A restarted member's old
+                // instance pretends to be its name's old life: its entry is replaced.
+                let mut view = self.view_of(epoch, &members);
+                let Some((instance, incarnation)) = self.departed.get_mut(&d) else {
+                    continue;
                 };
+                view.members.retain(|m| m.id != d);
+                view.members.push(Member::new(d.clone(), *incarnation));
+                let mut learned = instance.current_key().is_some_and(|k| k.secret == key);
                 if let Ok(out) = instance.handle_view(&view, &mut self.rng) {
                     learned |= out.key.is_some_and(|k| k.secret == key);
                 }
@@ -786,11 +837,7 @@ impl Lockstep {
             self.instances.push(instance);
         }
         self.epoch += 1;
-        let view = View {
-            group: GROUP.to_owned(),
-            epoch: self.epoch,
-            members: ids.clone(),
-        };
+        let view = View::new(GROUP, self.epoch, ids.iter().cloned());
         let before: Vec<OpCounts> = self.instances.iter().map(|i| i.op_counts()).collect();
         let mut cost = EventCost::default();
         let mut inbox: Vec<Vec<(MemberId, Vec<u8>)>> = vec![Vec::new(); ids.len()];

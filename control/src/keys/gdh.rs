@@ -33,6 +33,7 @@ use rand_core::CryptoRngCore;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::envelope::{BodyReader, BodyWriter};
+use super::kdf::derive_from_encoding;
 use super::support::{Counted, Run};
 use super::{
     Destination, DhGroup, Directory, GroupKey, Identity, KeyAgreement, KeyError, MemberId,
@@ -148,10 +149,11 @@ impl<G: DhGroup> Gdh<G> {
     }
 
     fn finish(&mut self, key_element: &G::Element, set: PartialSet) -> GroupKey {
-        let key = GroupKey {
-            epoch: set.epoch,
-            secret: self.dh.group.element_to_key(key_element),
-        };
+        let run = self.run.as_ref().expect("a run completes inside its view");
+        let key = derive_from_encoding(
+            &run.key_context(Protocol::Gdh, self.dh.group.name()),
+            self.dh.group.encode_element(key_element),
+        );
         self.set = Some(set);
         self.key = Some(key.clone());
         self.in_progress = false;
@@ -501,11 +503,13 @@ impl<G: DhGroup> KeyAgreement for Gdh<G> {
         let me = self.me_id();
         let run = Run::start(self.run.as_ref(), view, &me)?;
         // The members that were together in the previous view: this member's component.
+        // A name back in a new incarnation is not one of them: its predecessor's share is
+        // gone with it, so it must join like any newcomer.
         let (group_before, previous_epoch): (Vec<MemberId>, Option<u64>) = match &self.run {
             Some(prev) => (
                 run.members
                     .iter()
-                    .filter(|m| prev.members.contains(m))
+                    .filter(|m| run.same_member_in(prev, m))
                     .cloned()
                     .collect(),
                 Some(prev.epoch),

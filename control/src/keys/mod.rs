@@ -17,6 +17,7 @@ pub mod dh;
 pub mod driver;
 pub mod envelope;
 pub mod gdh;
+pub mod kdf;
 pub mod modp;
 pub mod str_tree;
 mod support;
@@ -109,6 +110,26 @@ impl Protocol {
     }
 }
 
+/// One member of a view: its stable name and its incarnation. A process that leaves (or
+/// crashes) and comes back under the same name is a new member with a higher incarnation:
+/// it holds none of its predecessor's secrets, and every protocol treats it as a
+/// newcomer, never as the member it replaces.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Member {
+    /// The member's name (its long-term identity).
+    pub id: MemberId,
+    /// Which life of `id` this is; assigned by the membership layer, increasing each time
+    /// the name comes back.
+    pub incarnation: u64,
+}
+
+impl Member {
+    /// `id` in its incarnation `incarnation`.
+    pub fn new(id: MemberId, incarnation: u64) -> Self {
+        Self { id, incarnation }
+    }
+}
+
 /// One membership of the group, as every member receives it in the same order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
@@ -119,13 +140,39 @@ pub struct View {
     /// The members, oldest first (join order; members that arrived together by a merge
     /// are in a deterministic order agreed by all). GDH's controller is the last, CKD's the
     /// first.
-    pub members: Vec<MemberId>,
+    pub members: Vec<Member>,
 }
 
 impl View {
+    /// A view whose members are all in their first incarnation (0).
+    pub fn new(
+        group: impl Into<String>,
+        epoch: u64,
+        ids: impl IntoIterator<Item = MemberId>,
+    ) -> Self {
+        Self {
+            group: group.into(),
+            epoch,
+            members: ids.into_iter().map(|id| Member::new(id, 0)).collect(),
+        }
+    }
+
     /// The members' ids, oldest first.
     pub fn member_ids(&self) -> impl Iterator<Item = &MemberId> {
-        self.members.iter()
+        self.members.iter().map(|m| &m.id)
+    }
+
+    /// The incarnation of `id` in this view, if it is a member.
+    pub fn incarnation_of(&self, id: &MemberId) -> Option<u64> {
+        self.members
+            .iter()
+            .find(|m| &m.id == id)
+            .map(|m| m.incarnation)
+    }
+
+    /// Whether `id` (in any incarnation) is a member.
+    pub fn contains(&self, id: &MemberId) -> bool {
+        self.members.iter().any(|m| &m.id == id)
     }
 }
 

@@ -5,7 +5,7 @@
 //! member's leaf secret is its own random share, and an inner node's secret is
 //! `element_to_scalar(BK_right^K_left) = element_to_scalar(BK_left^K_right)`. A member
 //! knows the secrets on its path and every blinded key, so it computes its path up to the
-//! root; the group key is `element_to_key` of the root's Diffie-Hellman element (the
+//! root; the group key is derived (`kdf`) from the root's Diffie-Hellman element (the
 //! root's blinded key is never computed, so nothing public is a function of the key).
 //!
 //! # One rule for every view
@@ -49,6 +49,8 @@ use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::envelope::{BodyReader, BodyWriter};
+use super::kdf::{KeyContext, derive_from_encoding};
+use super::support::check_view;
 use super::{
     Destination, DhGroup, Directory, Envelope, GroupKey, Identity, KeyAgreement, KeyError,
     MemberId, OpCounts, Outgoing, Output, Protocol, View,
@@ -591,6 +593,8 @@ struct RunState<G: DhGroup> {
     group: String,
     epoch: u64,
     members: Vec<MemberId>,
+    /// Each member's incarnation in this run's view.
+    incarnations: HashMap<MemberId, u64>,
     chain: Chain,
     tree: Option<RunTree<G::Element>>,
     /// My path, leaf first, and the secrets known on it.
@@ -647,6 +651,9 @@ pub(crate) struct TreeEngine<G: DhGroup> {
     identity: Arc<Identity>,
     directory: Directory,
     base: Option<TNode>,
+    /// The incarnation of every leaf of `base`, from the view whose run made it: a leaf
+    /// whose name is back in another incarnation belongs to a member that is gone.
+    base_incarnations: HashMap<MemberId, u64>,
     leaf_history: Vec<(Bk, G::Scalar)>,
     node_secrets: HashMap<Bk, G::Scalar>,
     /// Decoded blinded keys of the last run, so unchanged co-path keys are not decoded
@@ -697,6 +704,7 @@ impl<G: DhGroup> TreeEngine<G> {
             identity,
             directory,
             base: None,
+            base_incarnations: HashMap::new(),
             leaf_history: Vec::new(),
             node_secrets: HashMap::new(),
             prev_elems: Vec::new(),
@@ -804,21 +812,13 @@ impl<G: DhGroup> TreeEngine<G> {
         rng: &mut dyn CryptoRngCore,
     ) -> Result<Output, KeyError> {
         let me = self.me().clone();
-        if !view.members.contains(&me) {
-            return Err(KeyError::BadView("this member is not in the view"));
-        }
-        let distinct: HashSet<&MemberId> = view.members.iter().collect();
-        if distinct.len() != view.members.len() {
-            return Err(KeyError::BadView("duplicate members"));
-        }
-        if let Some(run) = &self.run {
-            if view.epoch <= run.epoch {
-                return Err(KeyError::BadView("epoch not increasing"));
-            }
-            if view.group != run.group {
-                return Err(KeyError::BadView("group name changed"));
-            }
-        }
+        check_view(
+            self.run
+                .as_ref()
+                .map(|r| (r.group.as_str(), r.epoch, r.incarnations.get(&me).copied())),
+            view,
+            &me,
+        )?;
         // The base for this view: the last run's tree if its shape was settled, else the
         // previous base. Secrets on my path are remembered by blinded key.
         if let Some(mut old) = self.run.take() {
@@ -835,14 +835,27 @@ impl<G: DhGroup> TreeEngine<G> {
                         .filter_map(|n| Some((n.bk.clone()?, n.elem.take()?))),
                 );
                 self.base = Some(tree.take_tree(tree.root));
+                self.base_incarnations = std::mem::take(&mut old.incarnations);
             }
             old.wipe();
         }
-        let in_view: HashSet<&MemberId> = view.members.iter().collect();
+        // Keep the base's leaves whose member is in the view in the same incarnation.
+        let in_view: HashMap<&MemberId, u64> = view
+            .members
+            .iter()
+            .map(|m| (&m.id, m.incarnation))
+            .collect();
+        let base_incarnations = &self.base_incarnations;
         let restricted = self
             .base
             .take()
-            .and_then(|b| b.restrict(&|m| in_view.contains(m)))
+            .and_then(|b| {
+                b.restrict(&|m| {
+                    in_view
+                        .get(m)
+                        .is_some_and(|i| base_incarnations.get(m) == Some(i))
+                })
+            })
             .filter(|t| t.contains(&me));
         let mut fresh_leaf = None;
         let base = match restricted {
@@ -853,10 +866,18 @@ impl<G: DhGroup> TreeEngine<G> {
                 TNode::leaf(me.clone(), bk)
             }
         };
+        // The base's members all carry this view's incarnations now (the others were cut).
+        let incarnations: HashMap<MemberId, u64> = view
+            .members
+            .iter()
+            .map(|m| (m.id.clone(), m.incarnation))
+            .collect();
+        self.base_incarnations = incarnations.clone();
         self.run = Some(RunState {
             group: view.group.clone(),
             epoch: view.epoch,
-            members: view.members.clone(),
+            members: view.member_ids().cloned().collect(),
+            incarnations,
             chain: Chain::default(),
             tree: None,
             path: Vec::new(),
@@ -879,7 +900,7 @@ impl<G: DhGroup> TreeEngine<G> {
         let mut base_members = Vec::new();
         base.member_refs(&mut base_members);
         let base_set: HashSet<&MemberId> = base_members.iter().copied().collect();
-        let oldest = view.members.iter().find(|m| base_set.contains(*m));
+        let oldest = view.member_ids().find(|m| base_set.contains(*m));
         if oldest == Some(&me) {
             self.announce(&base, &mut out);
         }
@@ -1093,6 +1114,26 @@ impl<G: DhGroup> TreeEngine<G> {
         Ok(())
     }
 
+    /// The group key of the current run from the root's DH element, bound to the run's
+    /// context (protocol, DH group, group, epoch, members and incarnations).
+    fn derive_key(&self, root_element: &G::Element) -> GroupKey {
+        let run = self.run.as_ref().expect("deriving inside a run");
+        let incarnations: Vec<u64> = run
+            .members
+            .iter()
+            .map(|m| run.incarnations.get(m).copied().unwrap_or(0))
+            .collect();
+        let context = KeyContext {
+            protocol: self.protocol,
+            dh_group: self.dh.name(),
+            group: &run.group,
+            epoch: run.epoch,
+            members: &run.members,
+            incarnations: &incarnations,
+        };
+        derive_from_encoding(&context, self.dh.encode_element(root_element))
+    }
+
     /// Checks and stores published keys; all or nothing.
     fn apply_published(&mut self, sender: &MemberId, items: &[Published]) -> Result<(), KeyError> {
         let run = self.run.as_mut().expect("applying inside a run");
@@ -1155,12 +1196,9 @@ impl<G: DhGroup> TreeEngine<G> {
                     break;
                 };
                 let shared = Zeroizing::new(self.exp(&e, &s));
+                let key = self.derive_key(&shared);
                 let run = self.run.as_mut().expect("computing inside a run");
                 run.done = true;
-                let key = GroupKey {
-                    epoch: run.epoch,
-                    secret: self.dh.element_to_key(&shared),
-                };
                 if run.settled {
                     out.key = Some(key);
                 } else {
@@ -1202,16 +1240,12 @@ impl<G: DhGroup> TreeEngine<G> {
                 (None, None) => break,
             };
             let child_key = run.keys[pos - 1].clone().expect("lower secret known");
+            let is_root = node == tree.root;
             let shared = Zeroizing::new(self.exp(&sib_elem, &child_key));
-            let run = self.run.as_mut().expect("computing inside a run");
-            let tree = run.tree.as_mut().expect("settled");
-            if node == tree.root {
-                let secret = self.dh.element_to_key(&shared);
+            if is_root {
+                let key = self.derive_key(&shared);
+                let run = self.run.as_mut().expect("computing inside a run");
                 run.done = true;
-                let key = GroupKey {
-                    epoch: run.epoch,
-                    secret,
-                };
                 if run.settled {
                     out.key = Some(key);
                 } else {
@@ -1219,6 +1253,8 @@ impl<G: DhGroup> TreeEngine<G> {
                 }
                 break;
             }
+            let run = self.run.as_mut().expect("computing inside a run");
+            let tree = run.tree.as_mut().expect("settled");
             let k = self.dh.element_to_scalar(&shared);
             let needs_publish =
                 tree.nodes[node].bk.is_none() && tree.nodes[node].publisher.as_ref() == Some(&me);
@@ -1545,7 +1581,7 @@ pub(crate) mod testnet {
             for send in out.sends {
                 match send.to {
                     Destination::Broadcast => {
-                        for m in &view.members {
+                        for m in view.member_ids() {
                             self.queue
                                 .push_back((from.clone(), m.clone(), send.bytes.clone()));
                         }
@@ -1561,12 +1597,8 @@ pub(crate) mod testnet {
         /// listed keep their state and get nothing.
         pub(crate) fn view(&mut self, members: &[&str]) -> u64 {
             self.epoch += 1;
-            let view = View {
-                group: "g".into(),
-                epoch: self.epoch,
-                members: members.iter().map(|m| id(m)).collect(),
-            };
-            for m in &view.members {
+            let view = View::new("g", self.epoch, members.iter().map(|m| id(m)));
+            for m in view.member_ids() {
                 if !self.insts.contains_key(m) {
                     let inst = (self.factory)(self.identities[m].clone(), self.directory.clone());
                     self.insts.insert(m.clone(), inst);
@@ -1704,7 +1736,9 @@ mod tests {
             // Worse: the leaver pretends it is still in the new view and feeds its saved
             // state every broadcast of the new run. It still never gets the new key.
             let mut pretend = net.views[&id(rest[0])].clone();
-            pretend.members.push(leaver_id.clone());
+            pretend
+                .members
+                .push(crate::keys::Member::new(leaver_id.clone(), 0));
             let leaver = net.insts.get_mut(&leaver_id).expect("kept");
             let mut rng = rand::rngs::OsRng;
             let mut got = leaver.handle_view(&pretend, &mut rng).expect("view").key;
@@ -1785,12 +1819,8 @@ mod tests {
         // Worse: a copy of the newcomer pretends it was in the previous view and is fed
         // the whole previous run (and its join's messages, refused there as stale). It
         // never gets the previous key.
-        let mut pretend = View {
-            group: "g".into(),
-            epoch: old_view,
-            members: NAMES[..5].iter().map(|m| id(m)).collect(),
-        };
-        pretend.members.push(id("f"));
+        let mut pretend = View::new("g", old_view, NAMES[..5].iter().map(|m| id(m)));
+        pretend.members.push(crate::keys::Member::new(id("f"), 0));
         let mut copy = Tgdh::new(
             Ristretto255,
             net.identities[&id("f")].clone(),

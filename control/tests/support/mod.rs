@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use conclave_control::keys::{
-    Destination, Directory, GroupKey, Identity, KeyAgreement, KeyError, MemberId, Output, Protocol,
-    Ristretto255, View, new_instance,
+    Destination, Directory, GroupKey, Identity, KeyAgreement, KeyError, Member, MemberId, Output,
+    Protocol, Ristretto255, View, new_instance,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -29,6 +29,8 @@ pub struct Net {
     pub insts: BTreeMap<MemberId, Box<dyn KeyAgreement>>,
     pub queue: VecDeque<(MemberId, MemberId, Vec<u8>)>,
     pub views: BTreeMap<MemberId, View>,
+    /// Each name's current incarnation (bumped by [`Net::restart`]).
+    pub incarnations: BTreeMap<MemberId, u64>,
     pub rng: ChaCha20Rng,
     pub epoch: u64,
 }
@@ -62,15 +64,18 @@ impl Net {
             insts: BTreeMap::new(),
             queue: VecDeque::new(),
             views: BTreeMap::new(),
+            incarnations: BTreeMap::new(),
             rng,
             epoch: 0,
         }
     }
 
-    /// Replaces `name`'s instance by a fresh one (a process that restarted).
-    pub fn restart(&mut self, name: &str) {
+    /// Replaces `name`'s instance by a fresh one in the next incarnation (a process that
+    /// restarted); returns the old instance with everything it knew.
+    pub fn restart(&mut self, name: &str) -> Option<Box<dyn KeyAgreement>> {
         let inst = (self.make)(self.identities[&id(name)].clone(), self.directory.clone());
-        self.insts.insert(id(name), inst);
+        *self.incarnations.entry(id(name)).or_insert(0) += 1;
+        self.insts.insert(id(name), inst)
     }
 
     pub fn route(&mut self, from: &MemberId, out: Output) {
@@ -112,7 +117,13 @@ impl Net {
         let view = View {
             group: "g".into(),
             epoch: self.epoch,
-            members: names.iter().map(|n| id(n)).collect(),
+            members: names
+                .iter()
+                .map(|n| {
+                    let incarnation = self.incarnations.get(&id(n)).copied().unwrap_or(0);
+                    Member::new(id(n), incarnation)
+                })
+                .collect(),
         };
         self.install(view.clone())?;
         Ok(view)
