@@ -197,6 +197,10 @@ impl<G: DhGroup> KeyAgreement for Bd<G> {
         self.identity.id()
     }
 
+    fn dh_group(&self) -> &'static str {
+        self.dh.group.name()
+    }
+
     fn handle_view(
         &mut self,
         view: &View,
@@ -224,6 +228,7 @@ impl<G: DhGroup> KeyAgreement for Bd<G> {
             return Ok(Output {
                 sends: Vec::new(),
                 key: Some(self.complete(&run, &z)),
+                ..Output::default()
             });
         }
         let body = self.element_body(&z);
@@ -246,6 +251,7 @@ impl<G: DhGroup> KeyAgreement for Bd<G> {
         Ok(Output {
             sends: vec![msg],
             key: None,
+            ..Output::default()
         })
     }
 

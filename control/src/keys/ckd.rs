@@ -256,6 +256,7 @@ impl<G: DhGroup> Ckd<G> {
         Ok(Output {
             sends: vec![msg],
             key: None,
+            ..Output::default()
         })
     }
 
@@ -353,6 +354,7 @@ impl<G: DhGroup> Ckd<G> {
         Ok(Output {
             sends: Vec::new(),
             key: Some(key),
+            ..Output::default()
         })
     }
 }
@@ -364,6 +366,10 @@ impl<G: DhGroup> KeyAgreement for Ckd<G> {
 
     fn me(&self) -> &MemberId {
         self.identity.id()
+    }
+
+    fn dh_group(&self) -> &'static str {
+        self.dh.group.name()
     }
 
     fn handle_view(
@@ -413,6 +419,7 @@ impl<G: DhGroup> KeyAgreement for Ckd<G> {
         Ok(Output {
             sends: vec![msg],
             key: None,
+            ..Output::default()
         })
     }
 

@@ -158,6 +158,21 @@ impl Envelope {
         })
     }
 
+    /// Reads the run an encoded envelope claims (protocol, group, epoch, sender) without
+    /// verifying anything: enough to decide whether it is early, current or stale before
+    /// the run that could check it exists. The caller must still [`Envelope::open`] it.
+    pub fn peek_run(bytes: &[u8]) -> Result<(Protocol, String, u64, MemberId), KeyError> {
+        if bytes.len() < SIGNATURE_LEN {
+            return Err(KeyError::Malformed("shorter than a signature"));
+        }
+        let mut r = BodyReader::new(&bytes[..bytes.len() - SIGNATURE_LEN]);
+        let protocol = Protocol::from_u8(r.u8()?).ok_or(KeyError::Malformed("unknown protocol"))?;
+        let group = r.str()?.to_owned();
+        let epoch = r.u64()?;
+        let sender = MemberId::new(r.str()?);
+        Ok((protocol, group, epoch, sender))
+    }
+
     /// Checks that this envelope belongs to the run (protocol, group, epoch) and came from
     /// the member the transport says sent it.
     pub fn check_run(

@@ -229,6 +229,7 @@ impl<G: DhGroup> Gdh<G> {
         Output {
             sends: vec![msg],
             key: None,
+            ..Output::default()
         }
     }
 
@@ -266,6 +267,7 @@ impl<G: DhGroup> Gdh<G> {
         Output {
             sends: vec![msg],
             key: Some(key),
+            ..Output::default()
         }
     }
 
@@ -306,12 +308,14 @@ impl<G: DhGroup> Gdh<G> {
                 return Output {
                     sends: Vec::new(),
                     key: Some(key),
+                    ..Output::default()
                 };
             }
             let msg = self.upflow_message(run, &chain, 0, &partial);
             return Output {
                 sends: vec![msg],
                 key: None,
+                ..Output::default()
             };
         };
         let mine = set
@@ -349,6 +353,7 @@ impl<G: DhGroup> Gdh<G> {
             return Output {
                 sends: vec![msg],
                 key: Some(key),
+                ..Output::default()
             };
         }
         // Join or merge: the partial secret with the new share goes up the newcomers.
@@ -358,6 +363,7 @@ impl<G: DhGroup> Gdh<G> {
         Output {
             sends: vec![msg],
             key: None,
+            ..Output::default()
         }
     }
 
@@ -401,6 +407,7 @@ impl<G: DhGroup> Gdh<G> {
         Ok(Output {
             sends: vec![self.upflow_message(run, &chain, pos + 1, &next)],
             key: None,
+            ..Output::default()
         })
     }
 
@@ -426,6 +433,7 @@ impl<G: DhGroup> Gdh<G> {
         Ok(Output {
             sends: vec![self.seal(run, FACTOR, &w.finish(), Destination::Unicast(from.clone()))],
             key: None,
+            ..Output::default()
         })
     }
 
@@ -482,6 +490,7 @@ impl<G: DhGroup> Gdh<G> {
         Ok(Output {
             sends: Vec::new(),
             key: Some(key),
+            ..Output::default()
         })
     }
 }
@@ -493,6 +502,10 @@ impl<G: DhGroup> KeyAgreement for Gdh<G> {
 
     fn me(&self) -> &MemberId {
         self.identity.id()
+    }
+
+    fn dh_group(&self) -> &'static str {
+        self.dh.group.name()
     }
 
     fn handle_view(

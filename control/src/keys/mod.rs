@@ -19,6 +19,7 @@ pub mod envelope;
 pub mod gdh;
 pub mod kdf;
 pub mod modp;
+pub mod session;
 pub mod str_tree;
 mod support;
 pub mod tgdh;
@@ -248,6 +249,11 @@ pub struct Output {
     pub sends: Vec<Outgoing>,
     /// Set when this step completed the run: the new key.
     pub key: Option<GroupKey>,
+    /// Messages that this step handled on the side and refused, with why: early messages
+    /// replayed when their view arrived, and confirmations that had arrived before this
+    /// member's key and do not match it ([`KeyError::ConfirmationFailed`]). Reported here
+    /// rather than dropped, because the step itself succeeded.
+    pub refused: Vec<(MemberId, KeyError)>,
 }
 
 /// Counts of the expensive operations one instance performed, for the cost tables.
@@ -310,6 +316,36 @@ pub enum KeyError {
     /// A view that breaks the rules (epoch not increasing, this member absent, duplicates).
     #[error("invalid view: {0}")]
     BadView(&'static str),
+    /// Key confirmation failed: `member` proved a key for the run (`group`, `epoch`) other
+    /// than this member's. The run's key is never reported; the layer above should start
+    /// a new run (a refresh).
+    #[error("key confirmation failed in run {group:?} epoch {epoch}: {member} derived another key")]
+    ConfirmationFailed {
+        /// The run's group.
+        group: String,
+        /// The run's epoch.
+        epoch: u64,
+        /// The member whose confirmation did not match.
+        member: MemberId,
+    },
+    /// A message of a later epoch arrived while `limit` such messages were held already.
+    #[error("early message refused: {limit} messages of later epochs are held already")]
+    FutureBufferFull {
+        /// The configured bound.
+        limit: usize,
+    },
+    /// Only the run's controller may send this message (GDH: FINAL and factor requests).
+    #[error(
+        "{sender} sent a controller's message; the controller of epoch {epoch} is {controller}"
+    )]
+    NotController {
+        /// Who sent it.
+        sender: MemberId,
+        /// The run's controller.
+        controller: MemberId,
+        /// The run's epoch.
+        epoch: u64,
+    },
 }
 
 /// One member's protocol instance. Every protocol implements this; drivers and tests are
@@ -321,6 +357,9 @@ pub trait KeyAgreement: Send + fmt::Debug {
 
     /// This member.
     fn me(&self) -> &MemberId;
+
+    /// The DH group's name (`DhGroup::name`), which the group key is bound to.
+    fn dh_group(&self) -> &'static str;
 
     /// A new view: starts a run for it (abandoning any run in progress).
     fn handle_view(&mut self, view: &View, rng: &mut dyn CryptoRngCore)
@@ -346,8 +385,23 @@ pub trait KeyAgreement: Send + fmt::Debug {
 }
 
 /// Makes a protocol instance for `identity`: the one place that maps a [`Protocol`] to its
-/// implementation, so drivers, daemons and clients can pick the protocol at run time.
+/// implementation, so drivers, daemons and clients can pick the protocol at run time. The
+/// instance is wrapped in a [`session::Session`]: its keys are reported only once every
+/// member confirmed them, and messages of later epochs are held until their view.
 pub fn new_instance<G: DhGroup>(
+    protocol: Protocol,
+    group: G,
+    identity: Arc<Identity>,
+    directory: Directory,
+) -> Box<dyn KeyAgreement> {
+    Box::new(session::Session::new(new_protocol_instance(
+        protocol, group, identity, directory,
+    )))
+}
+
+/// The bare protocol instance, without key confirmation or early-message buffering (for
+/// known-answer vectors and tests that look at a protocol alone).
+pub fn new_protocol_instance<G: DhGroup>(
     protocol: Protocol,
     group: G,
     identity: Arc<Identity>,

@@ -732,6 +732,10 @@ impl<G: DhGroup> TreeEngine<G> {
         self.protocol
     }
 
+    pub(crate) fn dh_group(&self) -> &'static str {
+        self.dh.name()
+    }
+
     pub(crate) fn current_key(&self) -> Option<&GroupKey> {
         self.key.as_ref()
     }
@@ -1476,6 +1480,10 @@ macro_rules! tree_protocol_key_agreement {
 
             fn me(&self) -> &MemberId {
                 self.engine.me()
+            }
+
+            fn dh_group(&self) -> &'static str {
+                self.engine.dh_group()
             }
 
             fn handle_view(

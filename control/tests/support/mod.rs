@@ -70,6 +70,15 @@ impl Net {
         }
     }
 
+    /// Makes `name`'s instance now if it has none (a process that is up before its first
+    /// view, so messages can reach it).
+    pub fn spawn(&mut self, name: &str) {
+        if !self.insts.contains_key(&id(name)) {
+            let inst = (self.make)(self.identities[&id(name)].clone(), self.directory.clone());
+            self.insts.insert(id(name), inst);
+        }
+    }
+
     /// Replaces `name`'s instance by a fresh one in the next incarnation (a process that
     /// restarted); returns the old instance with everything it knew.
     pub fn restart(&mut self, name: &str) -> Option<Box<dyn KeyAgreement>> {
@@ -79,7 +88,11 @@ impl Net {
     }
 
     pub fn route(&mut self, from: &MemberId, out: Output) {
-        let view = self.views[from].clone();
+        let Some(view) = self.views.get(from).cloned() else {
+            // A member without a view yet only holds what it gets.
+            assert!(out.sends.is_empty(), "{from} sent before its first view");
+            return;
+        };
         for send in out.sends {
             match send.to {
                 Destination::Broadcast => {
@@ -95,7 +108,19 @@ impl Net {
 
     /// Installs `view` at its members (making instances for new names).
     pub fn install(&mut self, view: View) -> Result<(), KeyError> {
-        for m in view.member_ids() {
+        let all: Vec<MemberId> = view.member_ids().cloned().collect();
+        self.install_at(&view, &all).map(|_| ())
+    }
+
+    /// Installs `view` at `at` only (a view that reaches some members first); returns what
+    /// each of them reported as refused on the side.
+    pub fn install_at(
+        &mut self,
+        view: &View,
+        at: &[MemberId],
+    ) -> Result<Vec<(MemberId, KeyError)>, KeyError> {
+        let mut refused = Vec::new();
+        for m in view.member_ids().filter(|m| at.contains(m)) {
             if !self.insts.contains_key(m) {
                 let inst = (self.make)(self.identities[m].clone(), self.directory.clone());
                 self.insts.insert(m.clone(), inst);
@@ -105,10 +130,11 @@ impl Net {
                 .insts
                 .get_mut(m)
                 .expect("made above")
-                .handle_view(&view, &mut self.rng)?;
+                .handle_view(view, &mut self.rng)?;
+            refused.extend(out.refused.iter().cloned());
             self.route(m, out);
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// Installs the next view on `names` (oldest first).
