@@ -26,6 +26,13 @@
 //!
 //! Messages name the upflow chain, so members of another component (which cannot know
 //! which members were together before the merge) just follow it.
+//!
+//! The controller of every run is the view's last member, and only it may send FACTOR
+//! REQUEST and FINAL ([`KeyError::NotController`] otherwise): every member can check that
+//! without knowing who was together before. The chain is built to end there: when the
+//! starter is itself the last member (newcomers placed before it, or a full upflow it
+//! starts), it starts the upflow *without* its new share (from its partial key, or from
+//! `g`) and puts itself at the end of the chain, adding its share as controller.
 
 use std::sync::Arc;
 
@@ -40,10 +47,14 @@ use super::{
     OpCounts, Outgoing, Output, Protocol, View,
 };
 
-const UPFLOW: u8 = 1;
-const FACTOR_REQUEST: u8 = 2;
-const FACTOR: u8 = 3;
-const FINAL: u8 = 4;
+/// Envelope step of an upflow message (partial secret passed along the chain).
+pub const UPFLOW: u8 = 1;
+/// Envelope step of the controller's broadcast of the partial secret to factor out from.
+pub const FACTOR_REQUEST: u8 = 2;
+/// Envelope step of a member's factored-out value, to the controller.
+pub const FACTOR: u8 = 3;
+/// Envelope step of the controller's broadcast of the new partial-key set.
+pub const FINAL: u8 = 4;
 
 /// The partial-key set a member last saw completed: encoded elements, decoded lazily (only
 /// a starter needs the others' entries).
@@ -290,9 +301,18 @@ impl<G: DhGroup> Gdh<G> {
             .collect();
         let set = self.usable_set(previous_epoch, group_before);
         let Some(set) = set else {
-            // Full upflow through everybody else, from g^N'.
-            let chain: Vec<MemberId> = run.members.iter().filter(|m| **m != me).cloned().collect();
-            let partial = self.dh.exp_generator(&new_share);
+            // Full upflow through everybody else, from g^N' (or from g, when this member
+            // is the last one and so ends the chain as controller).
+            let mut chain: Vec<MemberId> =
+                run.members.iter().filter(|m| **m != me).cloned().collect();
+            let last = run.members.last() == Some(&me);
+            let partial = if last && !chain.is_empty() {
+                chain.push(me.clone());
+                let one = self.dh.group.scalar_from_u64(1);
+                self.dh.group.exp_generator(&one)
+            } else {
+                self.dh.exp_generator(&new_share)
+            };
             self.set_share((*new_share).clone());
             if chain.is_empty() {
                 let one = self.dh.group.scalar_from_u64(1);
@@ -356,10 +376,18 @@ impl<G: DhGroup> Gdh<G> {
                 ..Output::default()
             };
         }
-        // Join or merge: the partial secret with the new share goes up the newcomers.
-        let partial = self.dh.exp(&mine, &new_share);
+        // Join or merge: the partial secret with the new share goes up the newcomers. When
+        // this member is the view's last (the newcomers are placed before it), it goes
+        // without the new share and comes back here, the controller.
+        let mut chain = newcomers;
+        let partial = if run.members.last() == Some(&me) {
+            chain.push(me.clone());
+            mine
+        } else {
+            self.dh.exp(&mine, &new_share)
+        };
         self.set_share((*new_share).clone());
-        let msg = self.upflow_message(run, &newcomers, 0, &partial);
+        let msg = self.upflow_message(run, &chain, 0, &partial);
         Output {
             sends: vec![msg],
             key: None,
@@ -388,8 +416,15 @@ impl<G: DhGroup> Gdh<G> {
             .iter()
             .position(|m| *m == me)
             .ok_or(KeyError::Unexpected("upflow not addressed to this member"))?;
+        if chain.last() != run.members.last() {
+            return Err(KeyError::Unexpected(
+                "upflow chain does not end at the controller",
+            ));
+        }
+        // The first hop comes from the starter: outside the chain, or at its end when the
+        // starter is the controller itself.
         let expected_sender_ok = if pos == 0 {
-            !chain.contains(from)
+            !chain[..chain.len() - 1].contains(from)
         } else {
             chain[pos - 1] == *from
         };
@@ -411,12 +446,27 @@ impl<G: DhGroup> Gdh<G> {
         })
     }
 
+    /// Refuses a controller's message (FACTOR REQUEST, FINAL) from anyone else.
+    fn check_controller(run: &Run, from: &MemberId) -> Result<(), KeyError> {
+        let controller = run.members.last().ok_or(KeyError::BadView("empty view"))?;
+        if from == controller {
+            Ok(())
+        } else {
+            Err(KeyError::NotController {
+                sender: from.clone(),
+                controller: controller.clone(),
+                epoch: run.epoch,
+            })
+        }
+    }
+
     fn on_factor_request(
         &mut self,
         run: &Run,
         from: &MemberId,
         body: &[u8],
     ) -> Result<Output, KeyError> {
+        Self::check_controller(run, from)?;
         let mut r = BodyReader::new(body);
         let partial = self.dh.group.decode_element(r.bytes()?)?;
         r.finish()?;
@@ -455,7 +505,8 @@ impl<G: DhGroup> Gdh<G> {
         Ok(self.complete_as_controller(run, partial, got))
     }
 
-    fn on_final(&mut self, run: &Run, body: &[u8]) -> Result<Output, KeyError> {
+    fn on_final(&mut self, run: &Run, from: &MemberId, body: &[u8]) -> Result<Output, KeyError> {
+        Self::check_controller(run, from)?;
         if !matches!(self.phase, Phase::Waiting) || !self.in_progress {
             return Err(KeyError::Unexpected("final set when none is expected"));
         }
@@ -569,7 +620,7 @@ impl<G: DhGroup> KeyAgreement for Gdh<G> {
             UPFLOW => self.on_upflow(&run, from, &env.body)?,
             FACTOR_REQUEST => self.on_factor_request(&run, from, &env.body)?,
             FACTOR => self.on_factor(&run, from, &env.body)?,
-            FINAL => self.on_final(&run, &env.body)?,
+            FINAL => self.on_final(&run, from, &env.body)?,
             _ => return Err(KeyError::Malformed("unknown step")),
         };
         if let Some(run) = self.run.as_mut() {
