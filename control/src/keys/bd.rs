@@ -47,6 +47,9 @@ pub struct Bd<G: DhGroup> {
     public: Vec<(String, Vec<u8>)>,
     key: Option<GroupKey>,
     in_progress: bool,
+    /// Test builds: every key-derivation input this instance used (secrecy checks).
+    #[cfg(test)]
+    seen_ikms: Vec<Vec<u8>>,
 }
 
 impl<G: DhGroup> Drop for Bd<G> {
@@ -82,6 +85,8 @@ impl<G: DhGroup> Bd<G> {
             public: Vec::new(),
             key: None,
             in_progress: false,
+            #[cfg(test)]
+            seen_ikms: Vec::new(),
         }
     }
 
@@ -98,9 +103,18 @@ impl<G: DhGroup> Bd<G> {
     }
 
     fn complete(&mut self, run: &Run, key_element: &G::Element) -> GroupKey {
+        let encoded = self.dh.group.encode_element(key_element);
+        // Test builds: the injected key-reuse bug derives from the previous run's value.
+        #[cfg(test)]
+        let encoded = match self.seen_ikms.last() {
+            Some(last) if super::kdf::fault::key_reuse() => last.clone(),
+            _ => encoded,
+        };
+        #[cfg(test)]
+        self.seen_ikms.push(encoded.clone());
         let key = derive_from_encoding(
             &run.key_context(Protocol::Bd, self.dh.group.name()),
-            self.dh.group.encode_element(key_element),
+            encoded,
         );
         self.public.clear();
         if let (Some(rounds), Some(run)) = (self.rounds.as_ref(), self.run.as_ref()) {
@@ -306,5 +320,18 @@ impl<G: DhGroup> KeyAgreement for Bd<G> {
 
     fn op_counts(&self) -> OpCounts {
         self.dh.ops
+    }
+
+    #[cfg(test)]
+    fn leak(&self) -> super::Leak {
+        super::Leak {
+            scalars: self
+                .rounds
+                .iter()
+                .map(|r| self.dh.group.scalar_bytes(&r.r))
+                .collect(),
+            ikms: self.seen_ikms.clone(),
+            keys: self.key.iter().map(|k| k.secret).collect(),
+        }
     }
 }

@@ -56,6 +56,9 @@ pub struct Ckd<G: DhGroup> {
     run: Option<Run>,
     key: Option<GroupKey>,
     in_progress: bool,
+    /// Test builds: every key-derivation input this instance used (secrecy checks).
+    #[cfg(test)]
+    seen_ikms: Vec<Vec<u8>>,
 }
 
 impl<G: DhGroup> Drop for Ckd<G> {
@@ -95,6 +98,8 @@ impl<G: DhGroup> Ckd<G> {
             run: None,
             key: None,
             in_progress: false,
+            #[cfg(test)]
+            seen_ikms: Vec::new(),
         }
     }
 
@@ -174,6 +179,17 @@ impl<G: DhGroup> Ckd<G> {
     fn distribute(&mut self, run: &Run, rng: &mut dyn CryptoRngCore) -> Output {
         let mut secret = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(secret.as_mut_slice());
+        // Test builds: the injected key-reuse bug sends the previous secret again.
+        #[cfg(test)]
+        if let Some(last) = self
+            .seen_ikms
+            .last()
+            .filter(|_| super::kdf::fault::key_reuse())
+        {
+            secret.copy_from_slice(last);
+        }
+        #[cfg(test)]
+        self.seen_ikms.push(secret.to_vec());
         let blinded = self
             .exponent
             .as_ref()
@@ -348,6 +364,8 @@ impl<G: DhGroup> Ckd<G> {
         if fresh {
             self.with_controller = Some((controller, blinded_bytes, pairwise));
         }
+        #[cfg(test)]
+        self.seen_ikms.push(secret.to_vec());
         let key = self.group_key(run, secret);
         self.key = Some(key.clone());
         self.in_progress = false;
@@ -469,5 +487,21 @@ impl<G: DhGroup> KeyAgreement for Ckd<G> {
 
     fn op_counts(&self) -> OpCounts {
         self.dh.ops
+    }
+
+    #[cfg(test)]
+    fn leak(&self) -> super::Leak {
+        let mut keys: Vec<[u8; 32]> = self.pairwise.values().map(|k| **k).collect();
+        keys.extend(self.with_controller.iter().map(|(_, _, k)| **k));
+        keys.extend(self.key.iter().map(|k| k.secret));
+        super::Leak {
+            scalars: self
+                .exponent
+                .iter()
+                .map(|(r, _)| self.dh.group.scalar_bytes(r))
+                .collect(),
+            ikms: self.seen_ikms.clone(),
+            keys,
+        }
     }
 }

@@ -58,6 +58,10 @@ pub trait DhGroup: Clone + Send + Sync + Debug + 'static {
 
     /// Decodes and validates an element; the identity and non-members are refused.
     fn decode_element(&self, bytes: &[u8]) -> Result<Self::Element, KeyError>;
+
+    /// A secret exponent's bytes, for the white-box secrecy tests only.
+    #[cfg(test)]
+    fn scalar_bytes(&self, k: &Self::Scalar) -> Vec<u8>;
 }
 
 /// ristretto255 over curve25519: the fast default group.
@@ -132,6 +136,11 @@ impl DhGroup for Ristretto255 {
 
     fn encode_element(&self, e: &RistrettoPoint) -> Vec<u8> {
         e.compress().as_bytes().to_vec()
+    }
+
+    #[cfg(test)]
+    fn scalar_bytes(&self, k: &Scalar) -> Vec<u8> {
+        k.to_bytes().to_vec()
     }
 
     fn decode_element(&self, bytes: &[u8]) -> Result<RistrettoPoint, KeyError> {

@@ -86,6 +86,9 @@ pub struct Gdh<G: DhGroup> {
     set: Option<PartialSet>,
     key: Option<GroupKey>,
     in_progress: bool,
+    /// Test builds: every key-derivation input this instance used (secrecy checks).
+    #[cfg(test)]
+    seen_ikms: Vec<Vec<u8>>,
 }
 
 impl<G: DhGroup> Drop for Gdh<G> {
@@ -122,6 +125,8 @@ impl<G: DhGroup> Gdh<G> {
             set: None,
             key: None,
             in_progress: false,
+            #[cfg(test)]
+            seen_ikms: Vec::new(),
         }
     }
 
@@ -161,9 +166,12 @@ impl<G: DhGroup> Gdh<G> {
 
     fn finish(&mut self, key_element: &G::Element, set: PartialSet) -> GroupKey {
         let run = self.run.as_ref().expect("a run completes inside its view");
+        let encoded = self.dh.group.encode_element(key_element);
+        #[cfg(test)]
+        self.seen_ikms.push(encoded.clone());
         let key = derive_from_encoding(
             &run.key_context(Protocol::Gdh, self.dh.group.name()),
-            self.dh.group.encode_element(key_element),
+            encoded,
         );
         self.set = Some(set);
         self.key = Some(key.clone());
@@ -293,6 +301,13 @@ impl<G: DhGroup> Gdh<G> {
         let me = self.me_id();
         let old_share = self.share();
         let new_share = Zeroizing::new(self.dh.group.random_scalar(rng));
+        // Test builds: the injected key-reuse bug keeps the old share.
+        #[cfg(test)]
+        let new_share = if super::kdf::fault::key_reuse() {
+            old_share.clone()
+        } else {
+            new_share
+        };
         let newcomers: Vec<MemberId> = run
             .members
             .iter()
@@ -639,5 +654,18 @@ impl<G: DhGroup> KeyAgreement for Gdh<G> {
 
     fn op_counts(&self) -> OpCounts {
         self.dh.ops
+    }
+
+    #[cfg(test)]
+    fn leak(&self) -> super::Leak {
+        super::Leak {
+            scalars: self
+                .share
+                .iter()
+                .map(|s| self.dh.group.scalar_bytes(s))
+                .collect(),
+            ikms: self.seen_ikms.clone(),
+            keys: self.key.iter().map(|k| k.secret).collect(),
+        }
     }
 }

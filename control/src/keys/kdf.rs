@@ -87,6 +87,29 @@ pub(crate) fn derive_from_encoding(context: &KeyContext<'_>, encoded: Vec<u8>) -
     derive_group_key(context, &encoded)
 }
 
+/// Test-only fault injection for the white-box secrecy checks (`keys::secrecy`): while
+/// set on a thread, every protocol run on it makes a key-reuse mistake (GDH's starter
+/// keeps its share, CKD's controller keeps its secret, the others derive the new key from
+/// their previous run's DH value). Never compiled into the product.
+#[cfg(test)]
+pub(crate) mod fault {
+    use std::cell::Cell;
+
+    thread_local! {
+        static KEY_REUSE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Turns the injected key-reuse bug on or off for this thread.
+    pub(crate) fn set_key_reuse(on: bool) {
+        KEY_REUSE.with(|c| c.set(on));
+    }
+
+    /// Whether the injected key-reuse bug is on.
+    pub(crate) fn key_reuse() -> bool {
+        KEY_REUSE.with(Cell::get)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,8 @@ pub mod envelope;
 pub mod gdh;
 pub mod kdf;
 pub mod modp;
+#[cfg(test)]
+mod secrecy;
 pub mod session;
 pub mod str_tree;
 mod support;
@@ -382,6 +384,26 @@ pub trait KeyAgreement: Send + fmt::Debug {
 
     /// Operation counts since this instance was created.
     fn op_counts(&self) -> OpCounts;
+
+    /// Test-only white-box view of every secret the instance holds now (for the secrecy
+    /// checks in `keys::secrecy`); never compiled into the product.
+    #[cfg(test)]
+    fn leak(&self) -> Leak {
+        Leak::default()
+    }
+}
+
+/// What an instance knows that nobody else should (test builds only): exponents, secret
+/// DH results and key-derivation inputs, symmetric keys.
+#[cfg(test)]
+#[derive(Debug, Clone, Default)]
+pub struct Leak {
+    /// Secret exponents, encoded by `DhGroup::scalar_bytes`.
+    pub scalars: Vec<Vec<u8>>,
+    /// Secret inputs of key derivation: encoded DH results, CKD's group secrets.
+    pub ikms: Vec<Vec<u8>>,
+    /// Symmetric keys: pairwise keys, group keys.
+    pub keys: Vec<[u8; 32]>,
 }
 
 /// Makes a protocol instance for `identity`: the one place that maps a [`Protocol`] to its

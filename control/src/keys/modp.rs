@@ -383,6 +383,11 @@ macro_rules! modp_group {
             fn decode_element(&self, bytes: &[u8]) -> Result<Self::Element, KeyError> {
                 $params().decode(bytes)
             }
+
+            #[cfg(test)]
+            fn scalar_bytes(&self, k: &Self::Scalar) -> Vec<u8> {
+                uint_to_be(k)
+            }
         }
 
     };

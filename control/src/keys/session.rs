@@ -416,4 +416,12 @@ impl KeyAgreement for Session {
     fn op_counts(&self) -> OpCounts {
         self.inner.op_counts()
     }
+
+    #[cfg(test)]
+    fn leak(&self) -> super::Leak {
+        let mut leak = self.inner.leak();
+        leak.keys.extend(self.confirming.master.iter().map(|m| **m));
+        leak.keys.extend(self.key.iter().map(|k| k.secret));
+        leak
+    }
 }

@@ -663,6 +663,9 @@ pub(crate) struct TreeEngine<G: DhGroup> {
     prev_elems: Vec<(Bk, G::Element)>,
     run: Option<RunState<G>>,
     key: Option<GroupKey>,
+    /// Test builds: every key-derivation input this member used (secrecy checks).
+    #[cfg(test)]
+    seen_ikms: Vec<Vec<u8>>,
 }
 
 impl<G: DhGroup> std::fmt::Debug for TreeEngine<G> {
@@ -710,6 +713,8 @@ impl<G: DhGroup> TreeEngine<G> {
             prev_elems: Vec::new(),
             run: None,
             key: None,
+            #[cfg(test)]
+            seen_ikms: Vec::new(),
         }
     }
 
@@ -746,6 +751,24 @@ impl<G: DhGroup> TreeEngine<G> {
 
     pub(crate) fn op_counts(&self) -> OpCounts {
         self.ops
+    }
+
+    #[cfg(test)]
+    pub(crate) fn leak(&self) -> super::Leak {
+        let mut scalars: Vec<Vec<u8>> = self
+            .leaf_history
+            .iter()
+            .map(|(_, s)| self.dh.scalar_bytes(s))
+            .collect();
+        scalars.extend(self.node_secrets.values().map(|s| self.dh.scalar_bytes(s)));
+        if let Some(run) = &self.run {
+            scalars.extend(run.keys.iter().flatten().map(|s| self.dh.scalar_bytes(s)));
+        }
+        super::Leak {
+            scalars,
+            ikms: self.seen_ikms.clone(),
+            keys: self.key.iter().map(|k| k.secret).collect(),
+        }
     }
 
     /// The member's current tree: every node with its members and blinded key.
@@ -1120,7 +1143,16 @@ impl<G: DhGroup> TreeEngine<G> {
 
     /// The group key of the current run from the root's DH element, bound to the run's
     /// context (protocol, DH group, group, epoch, members and incarnations).
-    fn derive_key(&self, root_element: &G::Element) -> GroupKey {
+    fn derive_key(&mut self, root_element: &G::Element) -> GroupKey {
+        let encoded = self.dh.encode_element(root_element);
+        // Test builds: the injected key-reuse bug derives from the previous run's value.
+        #[cfg(test)]
+        let encoded = match self.seen_ikms.last() {
+            Some(last) if super::kdf::fault::key_reuse() => last.clone(),
+            _ => encoded,
+        };
+        #[cfg(test)]
+        self.seen_ikms.push(encoded.clone());
         let run = self.run.as_ref().expect("deriving inside a run");
         let incarnations: Vec<u64> = run
             .members
@@ -1135,7 +1167,7 @@ impl<G: DhGroup> TreeEngine<G> {
             members: &run.members,
             incarnations: &incarnations,
         };
-        derive_from_encoding(&context, self.dh.encode_element(root_element))
+        derive_from_encoding(&context, encoded)
     }
 
     /// Checks and stores published keys; all or nothing.
@@ -1513,6 +1545,11 @@ macro_rules! tree_protocol_key_agreement {
 
             fn op_counts(&self) -> OpCounts {
                 self.engine.op_counts()
+            }
+
+            #[cfg(test)]
+            fn leak(&self) -> crate::keys::Leak {
+                self.engine.leak()
             }
         }
     };
