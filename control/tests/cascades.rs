@@ -253,10 +253,7 @@ fn bad_messages_are_refused_and_change_nothing() {
         g.route(&to, out.sends);
         let err = g.members[k].handle_message(&from, &bytes, &mut rng);
         assert!(
-            matches!(
-                err,
-                Err(KeyError::Duplicate(_)) | Err(KeyError::Unexpected(_))
-            ),
+            matches!(err, Err(KeyError::Duplicate(_)) | Err(KeyError::Invalid(_))),
             "{name}: replay gave {err:?}"
         );
         g.deliver_all();

@@ -23,7 +23,7 @@ use super::kdf::derive_from_encoding;
 use super::support::{Counted, Run};
 use super::{
     Destination, DhGroup, Directory, GroupKey, Identity, KeyAgreement, KeyError, MemberId,
-    OpCounts, Output, Protocol, View,
+    OpCounts, Output, Protocol, Validation, View,
 };
 
 const ROUND1: u8 = 1;
@@ -281,16 +281,16 @@ impl<G: DhGroup> KeyAgreement for Bd<G> {
         let run = self
             .run
             .clone()
-            .ok_or(KeyError::Unexpected("no view yet"))?;
+            .ok_or(KeyError::Invalid(Validation::NoView))?;
         let env = self
             .dh
             .open(bytes, from, Protocol::Bd, &self.directory, &run)?;
         if self.rounds.is_none() || !self.in_progress {
-            return Err(KeyError::Unexpected("run already complete"));
+            return Err(KeyError::Invalid(Validation::RunComplete));
         }
         let n = run.members.len();
         if env.step == ROUND2 && n <= 2 {
-            return Err(KeyError::Unexpected("no second round for two members"));
+            return Err(KeyError::Invalid(Validation::NoSecondRoundForTwo));
         }
         let mut r = BodyReader::new(&env.body);
         let value = self.dh.group.decode_element(r.bytes()?)?;

@@ -29,7 +29,7 @@ use super::kdf::derive_group_key;
 use super::support::{Counted, Run};
 use super::{
     Destination, DhGroup, Directory, GroupKey, Identity, KeyAgreement, KeyError, MemberId,
-    OpCounts, Output, Protocol, View,
+    OpCounts, Output, Protocol, Validation, View,
 };
 
 const HELLO: u8 = 1;
@@ -284,7 +284,7 @@ impl<G: DhGroup> Ckd<G> {
         rng: &mut dyn CryptoRngCore,
     ) -> Result<Output, KeyError> {
         if !self.awaiting.contains(from) {
-            return Err(KeyError::Unexpected("blinded value that was not asked for"));
+            return Err(KeyError::Invalid(Validation::BlindedValueNotAsked));
         }
         let mut r = BodyReader::new(body);
         let theirs = self.dh.group.decode_element(r.bytes()?)?;
@@ -315,7 +315,7 @@ impl<G: DhGroup> Ckd<G> {
         let blinded_bytes = r.bytes()?.to_vec();
         let count = r.u32()? as usize;
         if count + 1 != run.members.len() {
-            return Err(KeyError::Unexpected("secret not sent to every member"));
+            return Err(KeyError::Invalid(Validation::SecretNotSentToAll));
         }
         let mut mine = None;
         for _ in 0..count {
@@ -327,7 +327,7 @@ impl<G: DhGroup> Ckd<G> {
             }
         }
         r.finish()?;
-        let (nonce, sealed) = mine.ok_or(KeyError::Unexpected("no secret for this member"))?;
+        let (nonce, sealed) = mine.ok_or(KeyError::Invalid(Validation::NoSecretForMe))?;
         if nonce.len() != NONCE_LEN {
             return Err(KeyError::Malformed("nonce length"));
         }
@@ -355,7 +355,7 @@ impl<G: DhGroup> Ckd<G> {
                     aad: &aad,
                 },
             )
-            .map_err(|_| KeyError::Unexpected("secret does not decrypt"))?;
+            .map_err(|_| KeyError::Invalid(Validation::SecretDoesNotDecrypt))?;
         let secret = Zeroizing::new(secret);
         let secret: &[u8; 32] = secret
             .as_slice()
@@ -453,12 +453,12 @@ impl<G: DhGroup> KeyAgreement for Ckd<G> {
         let run = self
             .run
             .clone()
-            .ok_or(KeyError::Unexpected("no view yet"))?;
+            .ok_or(KeyError::Invalid(Validation::NoView))?;
         let env = self
             .dh
             .open(bytes, from, Protocol::Ckd, &self.directory, &run)?;
         if !self.in_progress {
-            return Err(KeyError::Unexpected("run already complete"));
+            return Err(KeyError::Invalid(Validation::RunComplete));
         }
         let controller = &run.members[0];
         let i_control = controller == self.identity.id();
@@ -467,7 +467,7 @@ impl<G: DhGroup> KeyAgreement for Ckd<G> {
             RESPONSE if i_control => self.on_response(&run, from, &env.body, rng)?,
             KEYS if !i_control && from == controller => self.on_keys(&run, &env.body, rng)?,
             HELLO | RESPONSE | KEYS => {
-                return Err(KeyError::Unexpected("message for another role"));
+                return Err(KeyError::Invalid(Validation::WrongRole));
             }
             _ => return Err(KeyError::Malformed("unknown step")),
         };

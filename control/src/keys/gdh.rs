@@ -44,7 +44,7 @@ use super::kdf::derive_from_encoding;
 use super::support::{Counted, Run};
 use super::{
     Destination, DhGroup, Directory, GroupKey, Identity, KeyAgreement, KeyError, MemberId,
-    OpCounts, Outgoing, Output, Protocol, View,
+    OpCounts, Outgoing, Output, Protocol, Validation, View,
 };
 
 /// Envelope step of an upflow message (partial secret passed along the chain).
@@ -145,7 +145,9 @@ impl<G: DhGroup> Gdh<G> {
     }
 
     fn run_clone(&self) -> Result<Run, KeyError> {
-        self.run.clone().ok_or(KeyError::Unexpected("no view yet"))
+        self.run
+            .clone()
+            .ok_or(KeyError::Invalid(Validation::NoView))
     }
 
     /// A copy of the share that wipes itself when dropped.
@@ -420,7 +422,7 @@ impl<G: DhGroup> Gdh<G> {
         for _ in 0..count {
             let id = MemberId::new(r.str()?);
             if !run.members.contains(&id) || chain.contains(&id) {
-                return Err(KeyError::Unexpected("chain names a non-member"));
+                return Err(KeyError::Invalid(Validation::ChainNotInView));
             }
             chain.push(id);
         }
@@ -430,11 +432,9 @@ impl<G: DhGroup> Gdh<G> {
         let pos = chain
             .iter()
             .position(|m| *m == me)
-            .ok_or(KeyError::Unexpected("upflow not addressed to this member"))?;
+            .ok_or(KeyError::Invalid(Validation::UpflowNotForMe))?;
         if chain.last() != run.members.last() {
-            return Err(KeyError::Unexpected(
-                "upflow chain does not end at the controller",
-            ));
+            return Err(KeyError::Invalid(Validation::ChainNotEndingAtController));
         }
         // The first hop comes from the starter: outside the chain, or at its end when the
         // starter is the controller itself.
@@ -444,10 +444,10 @@ impl<G: DhGroup> Gdh<G> {
             chain[pos - 1] == *from
         };
         if !expected_sender_ok {
-            return Err(KeyError::Unexpected("upflow from the wrong member"));
+            return Err(KeyError::Invalid(Validation::UpflowWrongSender));
         }
         if !matches!(self.phase, Phase::Waiting) {
-            return Err(KeyError::Unexpected("upflow while collecting"));
+            return Err(KeyError::Invalid(Validation::UpflowWhileCollecting));
         }
         if pos + 1 == chain.len() {
             return Ok(self.become_controller(run, partial));
@@ -486,10 +486,10 @@ impl<G: DhGroup> Gdh<G> {
         let partial = self.dh.group.decode_element(r.bytes()?)?;
         r.finish()?;
         if run.applied.iter().any(|(_, step)| *step == FACTOR_REQUEST) {
-            return Err(KeyError::Unexpected("a second controller in one run"));
+            return Err(KeyError::Invalid(Validation::SecondFactorRequest));
         }
         if !matches!(self.phase, Phase::Waiting) {
-            return Err(KeyError::Unexpected("factor request to the controller"));
+            return Err(KeyError::Invalid(Validation::FactorRequestToController));
         }
         let inverse = Zeroizing::new(self.dh.group.invert(&self.share()));
         let value = self.dh.exp(&partial, &inverse);
@@ -507,7 +507,7 @@ impl<G: DhGroup> Gdh<G> {
         let value = self.dh.group.decode_element(r.bytes()?)?;
         r.finish()?;
         let Phase::Collecting { got, .. } = &mut self.phase else {
-            return Err(KeyError::Unexpected("factored value to a non-controller"));
+            return Err(KeyError::Invalid(Validation::FactorToNonController));
         };
         got.push((from.clone(), value));
         if got.len() + 1 < run.members.len() {
@@ -523,18 +523,18 @@ impl<G: DhGroup> Gdh<G> {
     fn on_final(&mut self, run: &Run, from: &MemberId, body: &[u8]) -> Result<Output, KeyError> {
         Self::check_controller(run, from)?;
         if !matches!(self.phase, Phase::Waiting) || !self.in_progress {
-            return Err(KeyError::Unexpected("final set when none is expected"));
+            return Err(KeyError::Invalid(Validation::FinalUnexpected));
         }
         let mut r = BodyReader::new(body);
         let count = r.u32()? as usize;
         if count != run.members.len() {
-            return Err(KeyError::Unexpected("final set does not cover the view"));
+            return Err(KeyError::Invalid(Validation::FinalNotCoveringView));
         }
         let mut entries = Vec::with_capacity(count);
         for expected in &run.members {
             let id = MemberId::new(r.str()?);
             if id != *expected {
-                return Err(KeyError::Unexpected("final set out of view order"));
+                return Err(KeyError::Invalid(Validation::FinalOutOfOrder));
             }
             entries.push((id, r.bytes()?.to_vec()));
         }

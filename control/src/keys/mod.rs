@@ -244,6 +244,30 @@ impl fmt::Debug for GroupKey {
     }
 }
 
+/// Why a member cannot complete a run on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StallReason {
+    /// The settled tree lists a leaf key for this member older than the leaf secrets it
+    /// keeps (an announcer's state was very out of date).
+    UnknownLeafSecret,
+    /// A blinded key this member's path needs does not decode to a valid element (an
+    /// insider announced garbage).
+    BadBlindedKey,
+}
+
+/// The signal that a run cannot complete at this member: the layer above should install
+/// a new view (a refresh) to start a new run. Until then the instance stays in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshNeeded {
+    /// The run's group.
+    pub group: String,
+    /// The run's epoch.
+    pub epoch: u64,
+    /// Why.
+    pub reason: StallReason,
+}
+
 /// What one step of a protocol instance produced.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -256,6 +280,8 @@ pub struct Output {
     /// member's key and do not match it ([`KeyError::ConfirmationFailed`]). Reported here
     /// rather than dropped, because the step itself succeeded.
     pub refused: Vec<(MemberId, KeyError)>,
+    /// Set when this step found that the run cannot complete at this member.
+    pub refresh_needed: Option<RefreshNeeded>,
 }
 
 /// Counts of the expensive operations one instance performed, for the cost tables.
@@ -267,6 +293,102 @@ pub struct OpCounts {
     pub signatures: u64,
     /// Signatures verified.
     pub verifications: u64,
+}
+
+/// Why a well-formed, correctly signed message does not fit the run. Each check has a
+/// number (in the style of openmls's validation errors), so logs, tests and the layer
+/// above can name the exact rule that refused a message: V0x any protocol, V1x GDH,
+/// V3x BD, V4x CKD, V5x the tree protocols, V6x the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum Validation {
+    /// V01: No view yet.
+    #[error("V01: no view yet")]
+    NoView,
+    /// V02: The run is already complete.
+    #[error("V02: the run is already complete")]
+    RunComplete,
+    /// V03: Message for another role in this run.
+    #[error("V03: message for another role in this run")]
+    WrongRole,
+    /// V10: The upflow chain names a non-member or a member twice.
+    #[error("V10: the upflow chain names a non-member or a member twice")]
+    ChainNotInView,
+    /// V11: Upflow not addressed to this member.
+    #[error("V11: upflow not addressed to this member")]
+    UpflowNotForMe,
+    /// V12: Upflow from the wrong member.
+    #[error("V12: upflow from the wrong member")]
+    UpflowWrongSender,
+    /// V13: Upflow to the collecting controller.
+    #[error("V13: upflow to the collecting controller")]
+    UpflowWhileCollecting,
+    /// V14: The upflow chain does not end at the view's last member.
+    #[error("V14: the upflow chain does not end at the view's last member")]
+    ChainNotEndingAtController,
+    /// V15: A second factor request in one run.
+    #[error("V15: a second factor request in one run")]
+    SecondFactorRequest,
+    /// V16: Factor request to the controller itself.
+    #[error("V16: factor request to the controller itself")]
+    FactorRequestToController,
+    /// V17: Factored-out value to a member that is not collecting.
+    #[error("V17: factored-out value to a member that is not collecting")]
+    FactorToNonController,
+    /// V18: Final set when none is expected.
+    #[error("V18: final set when none is expected")]
+    FinalUnexpected,
+    /// V19: Final set does not cover the view.
+    #[error("V19: final set does not cover the view")]
+    FinalNotCoveringView,
+    /// V20: Final set out of view order.
+    #[error("V20: final set out of view order")]
+    FinalOutOfOrder,
+    /// V30: BD: no second round for two members.
+    #[error("V30: BD: no second round for two members")]
+    NoSecondRoundForTwo,
+    /// V40: CKD: blinded value that was not asked for.
+    #[error("V40: CKD: blinded value that was not asked for")]
+    BlindedValueNotAsked,
+    /// V41: CKD: the secret is not sent to every member.
+    #[error("V41: CKD: the secret is not sent to every member")]
+    SecretNotSentToAll,
+    /// V42: CKD: no secret for this member.
+    #[error("V42: CKD: no secret for this member")]
+    NoSecretForMe,
+    /// V43: CKD: the secret does not decrypt under the pairwise key.
+    #[error("V43: CKD: the secret does not decrypt under the pairwise key")]
+    SecretDoesNotDecrypt,
+    /// V50: Tree: announcement without its announcer.
+    #[error("V50: tree: announcement without its announcer")]
+    AnnouncementWithoutAnnouncer,
+    /// V51: Tree: the announced tree does not fit the view.
+    #[error("V51: tree: the announced tree does not fit the view")]
+    AnnouncedTreeDoesNotFit,
+    /// V52: Tree: published node not in the tree.
+    #[error("V52: tree: published node not in the tree")]
+    PublishedNodeNotInTree,
+    /// V53: Tree: the sender does not publish this node.
+    #[error("V53: tree: the sender does not publish this node")]
+    NotPublisherOfNode,
+    /// V54: Tree: the root's blinded key was published.
+    #[error("V54: tree: the root's blinded key was published")]
+    RootKeyPublished,
+    /// V55: Tree: a node published twice with different keys.
+    #[error("V55: tree: a node published twice with different keys")]
+    NodePublishedTwice,
+    /// V56: Tree: the settled tree lacks this member.
+    #[error("V56: tree: the settled tree lacks this member")]
+    SettledTreeLacksMe,
+    /// V57: Tree: the announcements cover no member.
+    #[error("V57: tree: the announcements cover no member")]
+    EmptyView,
+    /// V58: Tree: too many publish messages held for an unsettled tree.
+    #[error("V58: tree: too many publish messages held for an unsettled tree")]
+    TooManyPending,
+    /// V60: Confirmation checked before this member's key.
+    #[error("V60: confirmation checked before this member's key")]
+    ConfirmationBeforeKey,
 }
 
 /// Why a protocol step was refused. Nothing is applied when an error is returned.
@@ -309,9 +431,9 @@ pub enum KeyError {
     /// A message this member already applied in this run (a replay).
     #[error("duplicate message from {0} in this run")]
     Duplicate(MemberId),
-    /// A message that does not fit the state of the run (wrong step, wrong sender role).
-    #[error("unexpected message: {0}")]
-    Unexpected(&'static str),
+    /// A message that does not fit the state of the run: which numbered check refused it.
+    #[error("invalid message: {0}")]
+    Invalid(#[from] Validation),
     /// A group element failed to decode or is not a valid element (e.g. identity).
     #[error("invalid group element")]
     BadElement,

@@ -28,7 +28,7 @@ use super::envelope::{BodyReader, BodyWriter};
 use super::kdf::{KeyContext, hmac};
 use super::{
     Destination, Envelope, GroupKey, KeyAgreement, KeyError, MemberId, OpCounts, Outgoing, Output,
-    Protocol, View,
+    Protocol, Validation, View,
 };
 
 /// How many early messages a session holds unless told otherwise.
@@ -194,7 +194,7 @@ impl Session {
             .confirming
             .master
             .as_ref()
-            .ok_or(KeyError::Unexpected("confirmation checked before the key"))?;
+            .ok_or(KeyError::Invalid(Validation::ConfirmationBeforeKey))?;
         let incarnation = view
             .incarnation_of(member)
             .ok_or_else(|| KeyError::UnknownSender(member.clone()))?;
@@ -356,6 +356,7 @@ impl KeyAgreement for Session {
                             out.sends.extend(more.sends);
                             out.key = out.key.or(more.key);
                             out.refused.extend(more.refused);
+                            out.refresh_needed = out.refresh_needed.or(more.refresh_needed);
                         }
                         Err(e) => out.refused.push((from, e)),
                     }

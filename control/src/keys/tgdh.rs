@@ -53,7 +53,7 @@ use super::kdf::{KeyContext, derive_from_encoding};
 use super::support::check_view;
 use super::{
     Destination, DhGroup, Directory, Envelope, GroupKey, Identity, KeyAgreement, KeyError,
-    MemberId, OpCounts, Outgoing, Output, Protocol, View,
+    MemberId, OpCounts, Outgoing, Output, Protocol, RefreshNeeded, StallReason, Validation, View,
 };
 
 const ANNOUNCE: u8 = 1;
@@ -621,7 +621,9 @@ struct RunState<G: DhGroup> {
     /// it need not refresh that again.
     fresh_leaf: Option<Bk>,
     done: bool,
-    stuck: bool,
+    /// Set when this member cannot complete the run (reported once as
+    /// [`RefreshNeeded`]); the run then waits for the next view.
+    stalled: Option<StallReason>,
 }
 
 impl<G: DhGroup> RunState<G> {
@@ -919,7 +921,7 @@ impl<G: DhGroup> TreeEngine<G> {
             leaf_published: false,
             fresh_leaf,
             done: false,
-            stuck: false,
+            stalled: None,
         });
         let mut out = Output::default();
         // Announce now when I am the oldest of my base in this view: then I am in the
@@ -936,7 +938,7 @@ impl<G: DhGroup> TreeEngine<G> {
         // let the chain confirm or replace it.
         if base_members.len() == view.members.len() {
             let encoded = encode_tree(&base);
-            self.adopt(&base, digest_bytes(&encoded), false, rng)?;
+            self.adopt(&base, digest_bytes(&encoded), false, rng, &mut out)?;
             self.run.as_mut().expect("run set above").guess = Some(encoded);
         }
         self.base = Some(base);
@@ -989,7 +991,7 @@ impl<G: DhGroup> TreeEngine<G> {
             let part = announced
                 .restrict(&|m| !covered.contains(m))
                 // An announcement always contains its announcer, who is uncovered.
-                .ok_or(KeyError::Unexpected("announcement without its announcer"))?;
+                .ok_or(KeyError::Invalid(Validation::AnnouncementWithoutAnnouncer))?;
             run.chain.covered.extend(part.members());
             run.chain.components.push(part);
         }
@@ -1013,7 +1015,9 @@ impl<G: DhGroup> TreeEngine<G> {
             .collect();
         parts.sort_by_key(|(size, order, _)| (std::cmp::Reverse(*size), *order));
         let mut iter = parts.into_iter().map(|(_, _, t)| t);
-        let first = iter.next().ok_or(KeyError::Unexpected("empty view"))?;
+        let first = iter
+            .next()
+            .ok_or(KeyError::Invalid(Validation::EmptyView))?;
         let merged = iter.fold(first, |acc, t| match shape {
             Shape::Balanced => acc.insert_balanced(t),
             Shape::Skinny => acc.stack(t),
@@ -1023,7 +1027,7 @@ impl<G: DhGroup> TreeEngine<G> {
             self.confirm(out);
             Ok(())
         } else {
-            self.adopt(&merged, digest, true, rng)
+            self.adopt(&merged, digest, true, rng, out)
         }
     }
 
@@ -1034,8 +1038,10 @@ impl<G: DhGroup> TreeEngine<G> {
         let digest = run.digest;
         let pending = std::mem::take(&mut run.pending);
         for (d, sender, items) in pending {
-            if d == digest {
-                let _ = self.apply_published(&sender, &items);
+            if d == digest
+                && let Err(e) = self.apply_published(&sender, &items)
+            {
+                out.refused.push((sender, e));
             }
         }
         let run = self.run.as_mut().expect("confirming inside a run");
@@ -1052,13 +1058,14 @@ impl<G: DhGroup> TreeEngine<G> {
         digest: [u8; 32],
         settled: bool,
         rng: &mut dyn CryptoRngCore,
+        out: &mut Output,
     ) -> Result<(), KeyError> {
         let me = self.me().clone();
         let shape = self.shape;
         let mut tree = RunTree::flatten(merged);
         let my_leaf = tree
             .leaf_of(&me)
-            .ok_or(KeyError::Unexpected("settled tree lacks this member"))?;
+            .ok_or(KeyError::Invalid(Validation::SettledTreeLacksMe))?;
         let announced_leaf = tree.nodes[my_leaf].bk.clone();
         let sponsors = tree.plan(shape);
         let fresh = self.run.as_ref().and_then(|r| r.fresh_leaf.clone());
@@ -1067,7 +1074,7 @@ impl<G: DhGroup> TreeEngine<G> {
             path.push(p);
         }
         let mut keys: Vec<Option<G::Scalar>> = vec![None; path.len()];
-        let mut stuck = false;
+        let mut stalled = None;
         if sponsors.contains(&me) && announced_leaf.is_some() && announced_leaf == fresh {
             // Already fresh: publish it again (as the sponsor) instead of refreshing.
             keys[0] = self
@@ -1091,8 +1098,10 @@ impl<G: DhGroup> TreeEngine<G> {
                 .find(|(b, _)| Some(b) == bk.as_ref())
                 .map(|(_, s)| s.clone());
             // An announcer listed a leaf key older than my history: this member cannot
-            // take part in this run (documented limitation; the next view retries).
-            stuck = keys[0].is_none();
+            // take part in this run; it says so (refresh needed) and the next view retries.
+            if keys[0].is_none() {
+                stalled = Some(StallReason::UnknownLeafSecret);
+            }
         }
         for (pos, &node) in path.iter().enumerate().skip(1) {
             if tree.nodes[node].publisher.is_none()
@@ -1119,7 +1128,14 @@ impl<G: DhGroup> TreeEngine<G> {
         run.tree = Some(tree);
         run.path = path;
         run.keys = keys;
-        run.stuck = stuck;
+        run.stalled = stalled;
+        if let Some(reason) = stalled {
+            out.refresh_needed = Some(RefreshNeeded {
+                group: run.group.clone(),
+                epoch: run.epoch,
+                reason,
+            });
+        }
         run.digest = digest;
         run.guess = None;
         run.settled = settled;
@@ -1130,15 +1146,30 @@ impl<G: DhGroup> TreeEngine<G> {
         let mut keep = Vec::new();
         for (d, sender, items) in pending {
             if d == digest {
-                // A buffered message that does not fit is dropped: its sender had a
-                // different view of the run, and the run cannot use it.
-                let _ = self.apply_published(&sender, &items);
+                // A buffered message that does not fit is refused (reported, not applied):
+                // its sender had a different view of the run.
+                if let Err(e) = self.apply_published(&sender, &items) {
+                    out.refused.push((sender, e));
+                }
             } else if !settled {
                 keep.push((d, sender, items));
             }
         }
         self.run.as_mut().expect("settling inside a run").pending = keep;
         Ok(())
+    }
+
+    /// Marks the run as unable to complete here and tells the layer above (once).
+    fn stall(&mut self, reason: StallReason, out: &mut Output) {
+        let run = self.run.as_mut().expect("stalling inside a run");
+        if run.stalled.is_none() {
+            run.stalled = Some(reason);
+            out.refresh_needed = Some(RefreshNeeded {
+                group: run.group.clone(),
+                epoch: run.epoch,
+                reason,
+            });
+        }
     }
 
     /// The group key of the current run from the root's DH element, bound to the run's
@@ -1178,18 +1209,18 @@ impl<G: DhGroup> TreeEngine<G> {
         for item in items {
             let idx = tree
                 .find_range(item.range)
-                .ok_or(KeyError::Unexpected("published node not in the tree"))?;
+                .ok_or(KeyError::Invalid(Validation::PublishedNodeNotInTree))?;
             let node = &tree.nodes[idx];
             if node.publisher.as_ref() != Some(sender) {
-                return Err(KeyError::Unexpected("sender does not publish this node"));
+                return Err(KeyError::Invalid(Validation::NotPublisherOfNode));
             }
             if idx == tree.root {
-                return Err(KeyError::Unexpected("root key published"));
+                return Err(KeyError::Invalid(Validation::RootKeyPublished));
             }
             if let Some(existing) = &node.bk
                 && existing != &item.bk
             {
-                return Err(KeyError::Unexpected("node published twice"));
+                return Err(KeyError::Invalid(Validation::NodePublishedTwice));
             }
             targets.push(idx);
         }
@@ -1217,7 +1248,7 @@ impl<G: DhGroup> TreeEngine<G> {
         let mut published = Vec::new();
         loop {
             let run = self.run.as_mut().expect("computing inside a run");
-            if run.done || run.stuck {
+            if run.done || run.stalled.is_some() {
                 break;
             }
             let Some(tree) = run.tree.as_mut() else { break };
@@ -1229,6 +1260,7 @@ impl<G: DhGroup> TreeEngine<G> {
                     break;
                 };
                 let Ok(e) = self.dh.decode_element(&bk) else {
+                    self.stall(StallReason::BadBlindedKey, out);
                     break;
                 };
                 let shared = Zeroizing::new(self.exp(&e, &s));
@@ -1269,7 +1301,7 @@ impl<G: DhGroup> TreeEngine<G> {
                         e
                     }
                     Err(_) => {
-                        run.stuck = true;
+                        self.stall(StallReason::BadBlindedKey, out);
                         break;
                     }
                 },
@@ -1365,7 +1397,7 @@ impl<G: DhGroup> TreeEngine<G> {
             return Ok(Output::default());
         }
         let Some(run) = self.run.as_ref() else {
-            return Err(KeyError::Unexpected("no run in progress"));
+            return Err(KeyError::Invalid(Validation::NoView));
         };
         let (group, epoch) = (run.group.clone(), run.epoch);
         self.ops.verifications += 1;
@@ -1411,7 +1443,7 @@ impl<G: DhGroup> TreeEngine<G> {
                     || !leaves.contains(&env.sender)
                     || leaves.iter().any(|m| !in_view.contains(m))
                 {
-                    return Err(KeyError::Unexpected("announced tree does not fit the view"));
+                    return Err(KeyError::Invalid(Validation::AnnouncedTreeDoesNotFit));
                 }
                 run.chain.announced.insert(env.sender, tree);
                 self.progress(rng, &mut out)?;
@@ -1467,13 +1499,13 @@ impl<G: DhGroup> TreeEngine<G> {
                     }
                     let run = self.run.as_mut().expect("checked above");
                     if run.pending.len() >= MAX_PENDING {
-                        return Err(KeyError::Unexpected("too many early messages"));
+                        return Err(KeyError::Invalid(Validation::TooManyPending));
                     }
                     run.last_seq.insert(env.sender.clone(), seq);
                     run.pending.push((digest, env.sender, items));
                 }
             }
-            _ => return Err(KeyError::Unexpected("unknown step")),
+            _ => return Err(KeyError::Malformed("unknown step")),
         }
         Ok(out)
     }
@@ -2065,6 +2097,65 @@ mod tests {
         net.view(&NAMES[..8]);
         net.settle(false);
         assert!(seen.insert(net.common_key(&NAMES[..8]).secret));
+    }
+
+    #[test]
+    fn a_bad_copath_key_from_an_insider_signals_refresh_needed() {
+        // The oldest member announces its tree with an inner node's blinded key replaced
+        // by bytes that are no group element (the node still looks valid: its tag is over
+        // the children). A member whose path needs that key used to stall silently; it now
+        // reports RefreshNeeded, and the next view recovers.
+        let mut net = Net::new(tgdh, &NAMES, 12);
+        grow(&mut net, 3);
+        let epoch = net.view(&["a", "b", "c"]);
+        let (_, _, real) = net
+            .queue
+            .iter()
+            .find(|(f, t, b)| {
+                *f == id("a")
+                    && *t == id("c")
+                    && Envelope::open(b, &net.directory).is_ok_and(|e| e.step == ANNOUNCE)
+            })
+            .cloned()
+            .expect("a announces");
+        let env = Envelope::open(&real, &net.directory).expect("verifies");
+        let mut tree = TNode::decode(&mut BodyReader::new(&env.body), 8).expect("tree");
+        fn corrupt_inner(n: &mut TNode) {
+            if let Kind::Inner(l, r) = &mut n.kind {
+                if n.bk.is_some() {
+                    n.bk = Some(Bk::from(vec![0xffu8; 32]));
+                }
+                corrupt_inner(l);
+                corrupt_inner(r);
+            }
+        }
+        corrupt_inner(&mut tree);
+        let forged = Envelope::seal(
+            &net.identities[&id("a")],
+            Protocol::Tgdh,
+            "g",
+            epoch,
+            ANNOUNCE,
+            &encode_tree(&tree),
+        );
+        let c = net.insts.get_mut(&id("c")).expect("c");
+        let out = c
+            .handle_message(&id("a"), &forged, &mut rand::rngs::OsRng)
+            .expect("a well-formed announcement is accepted");
+        assert_eq!(
+            out.refresh_needed,
+            Some(RefreshNeeded {
+                group: "g".into(),
+                epoch,
+                reason: StallReason::BadBlindedKey,
+            })
+        );
+        assert!(c.in_progress());
+        // The next view (a refresh) starts a new run that completes.
+        net.queue.clear();
+        net.view(&["a", "b", "c"]);
+        net.settle(true);
+        net.common_key(&["a", "b", "c"]);
     }
 
     #[test]
