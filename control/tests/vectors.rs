@@ -1,9 +1,12 @@
 //! Known-answer vectors for all five protocols: fixed seeds, fixed scenarios, and the
 //! public values and group secrets they must produce, kept in `tests/vectors/<protocol>.json`
-//! (format `conclave-kat-v1`, docs/keys.md). The `blinded_keys` entries are the trees'
+//! (format `conclave-kat-v2`, docs/keys.md). The `blinded_keys` entries are the trees'
 //! blinded keys for TGDH and STR, and each protocol's public values otherwise: GDH's partial
-//! keys `partial:<member>`, BD's `z:<member>`/`X:<member>`, CKD's blinded values. Any
-//! change to the math, the tree shapes or the message order shows up as a byte difference.
+//! keys `partial:<member>`, BD's `z:<member>`/`X:<member>`, CKD's blinded values. Each step
+//! also lists the private inputs every member drew and the exact bytes of every message,
+//! so another implementation can replay it. Any change to the math, the key derivation,
+//! the tree shapes, the message encoding or the message order shows up as a byte
+//! difference.
 //!
 //! Regenerate (only after a deliberate change) with
 //! `CONCLAVE_REGEN_VECTORS=1 cargo test -p conclave-control --test vectors`.
