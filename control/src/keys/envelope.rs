@@ -159,17 +159,18 @@ impl Envelope {
     }
 
     /// Reads the run an encoded envelope claims (protocol, group, epoch, sender) without
-    /// verifying anything: enough to decide whether it is early, current or stale before
-    /// the run that could check it exists. The caller must still [`Envelope::open`] it.
-    pub fn peek_run(bytes: &[u8]) -> Result<(Protocol, String, u64, MemberId), KeyError> {
+    /// verifying anything or copying: enough to decide whether it is early, current or
+    /// stale before the run that could check it exists. The caller must still
+    /// [`Envelope::open`] it.
+    pub fn peek_run(bytes: &[u8]) -> Result<(Protocol, &str, u64, &str), KeyError> {
         if bytes.len() < SIGNATURE_LEN {
             return Err(KeyError::Malformed("shorter than a signature"));
         }
         let mut r = BodyReader::new(&bytes[..bytes.len() - SIGNATURE_LEN]);
         let protocol = Protocol::from_u8(r.u8()?).ok_or(KeyError::Malformed("unknown protocol"))?;
-        let group = r.str()?.to_owned();
+        let group = r.str()?;
         let epoch = r.u64()?;
-        let sender = MemberId::new(r.str()?);
+        let sender = r.str()?;
         Ok((protocol, group, epoch, sender))
     }
 

@@ -53,6 +53,14 @@ impl MemberId {
     }
 }
 
+/// Lets maps keyed by member be searched with a name borrowed from a message, without
+/// allocating (the derived `Hash`, `Eq` and `Ord` are the string's, as `Borrow` requires).
+impl std::borrow::Borrow<str> for MemberId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Debug for MemberId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

@@ -3,9 +3,9 @@
 //!
 //! * **Key confirmation.** When the protocol derives its key, the session does not report
 //!   it yet. It broadcasts a confirmation: an HMAC-SHA256, under a confirmation key
-//!   derived from the protocol's key, of the run's transcript (protocol, DH group, group,
-//!   epoch, members with incarnations: the key's context, see [`super::kdf`]) and the
-//!   sender's name and incarnation. Only when every other member's confirmation matches
+//!   derived from the protocol's key, of the SHA-256 of the run's transcript (protocol,
+//!   DH group, group, epoch, members with incarnations: the key's context, see
+//!   [`super::kdf`]) and the sender's name and incarnation. Only when every other member's confirmation matches
 //!   is the key reported, and the reported key is itself derived from the protocol's
 //!   key under another label, so the confirmation tags say nothing about it. A
 //!   confirmation that does not match is [`KeyError::ConfirmationFailed`], naming the run
@@ -19,9 +19,12 @@
 //!   view arrives; at most `future_limit` are held, beyond that a new one is refused with
 //!   [`KeyError::FutureBufferFull`]. Messages of earlier epochs are refused as stale.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::sync::Arc;
 
+use hmac::{Hmac, Mac};
 use rand_core::CryptoRngCore;
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::envelope::{BodyReader, BodyWriter};
@@ -41,13 +44,57 @@ const CONFIRM_MAGIC: &[u8; 4] = b"CNF\x01";
 const CONFIRM_KEY_LABEL: &[u8] = b"conclave key confirmation v1";
 const APPLICATION_KEY_LABEL: &[u8] = b"conclave application key v1";
 
+/// The current view and what every confirmation of its run is checked against, computed
+/// once per view (a run at 128 members checks 127 confirmations).
+struct Current {
+    view: View,
+    /// SHA-256 of the run's transcript (the key's context, `KeyContext::transcript`).
+    transcript_digest: [u8; 32],
+    /// Each member's position in the view and incarnation.
+    index: HashMap<MemberId, (usize, u64)>,
+}
+
+impl Current {
+    fn new(view: &View, protocol: Protocol, dh_group: &str) -> Self {
+        let members: Vec<MemberId> = view.member_ids().cloned().collect();
+        let incarnations: Vec<u64> = view.members.iter().map(|m| m.incarnation).collect();
+        let transcript = KeyContext {
+            protocol,
+            dh_group,
+            group: &view.group,
+            epoch: view.epoch,
+            members: &members,
+            incarnations: &incarnations,
+        }
+        .transcript();
+        let index = members
+            .into_iter()
+            .zip(incarnations)
+            .enumerate()
+            .map(|(i, (m, inc))| (m, (i, inc)))
+            .collect();
+        Self {
+            view: view.clone(),
+            transcript_digest: Sha256::digest(&transcript).into(),
+            index,
+        }
+    }
+}
+
 /// The confirmation state of the current run.
 #[derive(Default)]
 struct Confirming {
     /// The protocol's key, once derived.
     master: Option<Zeroizing<[u8; 32]>>,
-    /// Members whose confirmation matched.
-    confirmed: HashSet<MemberId>,
+    /// HMAC-SHA256 keyed with the confirmation key derived from it, cloned for every
+    /// tag: keying once saves two of the five SHA-256 blocks per tag, which matters at 127
+    /// tags per member per run. (The hmac crate cannot wipe this state; it only
+    /// authenticates confirmations, and it is dropped with the run.)
+    confirm_mac: Option<HmacSha256>,
+    /// `confirmed[i]`: member `i` of the view sent a matching confirmation.
+    confirmed: Vec<bool>,
+    /// How many entries of `confirmed` are set.
+    count: usize,
     /// Confirmations that came before this member's key: checked when it is derived.
     early: Vec<(MemberId, [u8; 32])>,
     /// A confirmation did not match: the run never reports a key.
@@ -58,8 +105,8 @@ struct Confirming {
 pub struct Session {
     inner: Box<dyn KeyAgreement>,
     future_limit: usize,
-    view: Option<View>,
-    /// Messages of later epochs than `view`'s, in arrival order.
+    current: Option<Arc<Current>>,
+    /// Messages of later epochs than the current view's, in arrival order.
     future: Vec<(MemberId, Vec<u8>)>,
     confirming: Confirming,
     key: Option<GroupKey>,
@@ -67,35 +114,35 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The inner instance's Debug is redacted; the master key is not shown at all.
+        // The inner instance's Debug is redacted; the session's keys are not shown at all.
         f.debug_struct("Session")
             .field("inner", &self.inner)
-            .field("epoch", &self.view.as_ref().map(|v| v.epoch))
+            .field("epoch", &self.current.as_ref().map(|c| c.view.epoch))
             .field("held_early", &self.future.len())
-            .field("confirmed", &self.confirming.confirmed.len())
+            .field("confirmed", &self.confirming.count)
             .field("failed", &self.confirming.failed)
             .field("key", &self.key)
             .finish_non_exhaustive()
     }
 }
 
-/// A decoded confirmation message.
-struct Confirmation {
+/// A confirmation message, borrowed from its bytes.
+struct Confirmation<'a> {
     protocol: u8,
-    group: String,
+    group: &'a str,
     epoch: u64,
-    sender: MemberId,
+    sender: &'a str,
     incarnation: u64,
     tag: [u8; 32],
 }
 
-impl Confirmation {
+impl<'a> Confirmation<'a> {
     fn encode(&self) -> Vec<u8> {
         let mut w = BodyWriter::new();
         w.u8(self.protocol)
-            .str(&self.group)
+            .str(self.group)
             .u64(self.epoch)
-            .str(self.sender.as_str())
+            .str(self.sender)
             .u64(self.incarnation)
             .bytes(&self.tag);
         let mut out = CONFIRM_MAGIC.to_vec();
@@ -103,15 +150,15 @@ impl Confirmation {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self, KeyError> {
+    fn decode(bytes: &'a [u8]) -> Result<Self, KeyError> {
         let body = bytes
             .strip_prefix(CONFIRM_MAGIC)
             .ok_or(KeyError::Malformed("not a confirmation"))?;
         let mut r = BodyReader::new(body);
         let protocol = r.u8()?;
-        let group = r.str()?.to_owned();
+        let group = r.str()?;
         let epoch = r.u64()?;
-        let sender = MemberId::new(r.str()?);
+        let sender = r.str()?;
         let incarnation = r.u64()?;
         let tag: [u8; 32] = r
             .bytes()?
@@ -129,6 +176,20 @@ impl Confirmation {
     }
 }
 
+type HmacSha256 = Hmac<Sha256>;
+
+/// The tag `member` (in `incarnation`) sends for the run whose transcript digest is
+/// `digest`, under the confirmation key `confirm_mac` is keyed with.
+fn tag(confirm_mac: &HmacSha256, digest: &[u8; 32], member: &str, incarnation: u64) -> [u8; 32] {
+    let mut mac = confirm_mac.clone();
+    mac.update(b"confirm");
+    mac.update(digest);
+    mac.update(&(member.len() as u16).to_le_bytes());
+    mac.update(member.as_bytes());
+    mac.update(&incarnation.to_le_bytes());
+    mac.finalize().into_bytes().into()
+}
+
 impl Session {
     /// Wraps `inner` with the default early-message bound.
     pub fn new(inner: Box<dyn KeyAgreement>) -> Self {
@@ -140,7 +201,7 @@ impl Session {
         Self {
             inner,
             future_limit,
-            view: None,
+            current: None,
             future: Vec::new(),
             confirming: Confirming::default(),
             key: None,
@@ -157,74 +218,54 @@ impl Session {
         self.future.len()
     }
 
-    fn transcript(&self, view: &View) -> Vec<u8> {
-        let members: Vec<MemberId> = view.member_ids().cloned().collect();
-        let incarnations: Vec<u64> = view.members.iter().map(|m| m.incarnation).collect();
-        KeyContext {
-            protocol: self.inner.protocol(),
-            dh_group: self.inner.dh_group(),
-            group: &view.group,
-            epoch: view.epoch,
-            members: &members,
-            incarnations: &incarnations,
-        }
-        .transcript()
-    }
-
-    /// The confirmation tag `member` (in `incarnation`) must send for `master` in `view`.
-    fn tag(&self, master: &[u8; 32], view: &View, member: &MemberId, incarnation: u64) -> [u8; 32] {
-        let confirm_key = Zeroizing::new(hmac(master, &[CONFIRM_KEY_LABEL]));
-        let mut who = BodyWriter::new();
-        who.str(member.as_str()).u64(incarnation);
-        hmac(
-            confirm_key.as_slice(),
-            &[b"confirm", &self.transcript(view), &who.finish()],
-        )
-    }
-
     /// Checks one confirmation against the derived key (which must be known).
     fn check_tag(
         &mut self,
-        view: &View,
-        member: &MemberId,
-        tag: &[u8; 32],
+        cur: &Current,
+        member: &str,
+        tag_got: &[u8; 32],
     ) -> Result<(), KeyError> {
         use subtle::ConstantTimeEq;
-        let master = self
+        let confirm_mac = self
             .confirming
-            .master
+            .confirm_mac
             .as_ref()
             .ok_or(KeyError::Invalid(Validation::ConfirmationBeforeKey))?;
-        let incarnation = view
-            .incarnation_of(member)
-            .ok_or_else(|| KeyError::UnknownSender(member.clone()))?;
-        let expected = self.tag(master, view, member, incarnation);
-        if bool::from(expected.ct_eq(tag)) {
-            self.confirming.confirmed.insert(member.clone());
+        let &(position, incarnation) = cur
+            .index
+            .get(member)
+            .ok_or_else(|| KeyError::UnknownSender(MemberId::new(member)))?;
+        let expected = tag(confirm_mac, &cur.transcript_digest, member, incarnation);
+        if bool::from(expected.ct_eq(tag_got)) {
+            if !self.confirming.confirmed[position] {
+                self.confirming.confirmed[position] = true;
+                self.confirming.count += 1;
+            }
             Ok(())
         } else {
             self.confirming.failed = true;
             Err(KeyError::ConfirmationFailed {
-                group: view.group.clone(),
-                epoch: view.epoch,
-                member: member.clone(),
+                group: cur.view.group.clone(),
+                epoch: cur.view.epoch,
+                member: MemberId::new(member),
             })
         }
     }
 
     /// Reports the key once every other member confirmed it.
-    fn maybe_complete(&mut self, view: &View, out: &mut Output) {
-        if self.confirming.failed || self.key.as_ref().is_some_and(|k| k.epoch == view.epoch) {
+    fn maybe_complete(&mut self, cur: &Current, out: &mut Output) {
+        let epoch = cur.view.epoch;
+        if self.confirming.failed || self.key.as_ref().is_some_and(|k| k.epoch == epoch) {
             return;
         }
         let Some(master) = self.confirming.master.as_ref() else {
             return;
         };
-        if self.confirming.confirmed.len() + 1 < view.members.len() {
+        if self.confirming.count + 1 < cur.view.members.len() {
             return;
         }
         let key = GroupKey {
-            epoch: view.epoch,
+            epoch,
             secret: hmac(master.as_slice(), &[APPLICATION_KEY_LABEL]),
         };
         self.key = Some(key.clone());
@@ -233,38 +274,47 @@ impl Session {
 
     /// Takes the protocol's key out of `out` (it is not reported before confirmation),
     /// sends this member's confirmation and checks the confirmations already received.
-    fn absorb(&mut self, view: &View, mut out: Output) -> Output {
+    fn absorb(&mut self, cur: &Current, mut out: Output) -> Output {
         let Some(inner_key) = out.key.take() else {
             return out;
         };
-        if inner_key.epoch != view.epoch || self.confirming.master.is_some() {
+        if inner_key.epoch != cur.view.epoch || self.confirming.master.is_some() {
             return out;
         }
         let master = Zeroizing::new(inner_key.secret);
+        let confirm_key = Zeroizing::new(hmac(master.as_slice(), &[CONFIRM_KEY_LABEL]));
+        let confirm_mac = <HmacSha256 as Mac>::new_from_slice(confirm_key.as_slice())
+            .expect("HMAC takes any key length");
         let me = self.inner.me().clone();
-        let incarnation = view.incarnation_of(&me).unwrap_or(0);
-        let tag = self.tag(&master, view, &me, incarnation);
+        let incarnation = cur.index.get(&me).map_or(0, |&(_, i)| i);
+        let my_tag = tag(
+            &confirm_mac,
+            &cur.transcript_digest,
+            me.as_str(),
+            incarnation,
+        );
         self.confirming.master = Some(master);
-        if view.members.len() > 1 {
+        self.confirming.confirm_mac = Some(confirm_mac);
+        if cur.view.members.len() > 1 {
             let confirmation = Confirmation {
                 protocol: self.inner.protocol() as u8,
-                group: view.group.clone(),
-                epoch: view.epoch,
-                sender: me,
+                group: &cur.view.group,
+                epoch: cur.view.epoch,
+                sender: me.as_str(),
                 incarnation,
-                tag,
+                tag: my_tag,
             };
             out.sends.push(Outgoing {
                 to: Destination::Broadcast,
                 bytes: confirmation.encode(),
             });
         }
-        for (member, tag) in std::mem::take(&mut self.confirming.early) {
-            if let Err(e) = self.check_tag(view, &member, &tag) {
+        for (member, early_tag) in std::mem::take(&mut self.confirming.early) {
+            if let Err(e) = self.check_tag(cur, member.as_str(), &early_tag) {
                 out.refused.push((member, e));
             }
         }
-        self.maybe_complete(view, &mut out);
+        self.maybe_complete(cur, &mut out);
         out
     }
 
@@ -280,7 +330,7 @@ impl Session {
     /// A message of the current run.
     fn handle_current(
         &mut self,
-        view: &View,
+        cur: &Current,
         from: &MemberId,
         bytes: &[u8],
         confirm: bool,
@@ -288,7 +338,7 @@ impl Session {
     ) -> Result<Output, KeyError> {
         if !confirm {
             let out = self.inner.handle_message(from, bytes, rng)?;
-            return Ok(self.absorb(view, out));
+            return Ok(self.absorb(cur, out));
         }
         let c = Confirmation::decode(bytes)?;
         if c.protocol != self.inner.protocol() as u8 {
@@ -297,16 +347,23 @@ impl Session {
                 expected: self.inner.protocol() as u8,
             });
         }
-        if c.group != view.group {
+        if c.group != cur.view.group {
             return Err(KeyError::WrongGroup {
-                got: c.group,
-                expected: view.group.clone(),
+                got: c.group.to_owned(),
+                expected: cur.view.group.clone(),
             });
         }
-        if &c.sender != from || view.incarnation_of(from) != Some(c.incarnation) {
+        let known = cur.index.get(from).copied();
+        if c.sender != from.as_str() || known.map(|(_, i)| i) != Some(c.incarnation) {
             return Err(KeyError::UnknownSender(from.clone()));
         }
-        if self.confirming.confirmed.contains(from)
+        let position = known.map_or(0, |(p, _)| p);
+        if self
+            .confirming
+            .confirmed
+            .get(position)
+            .copied()
+            .unwrap_or(false)
             || self.confirming.early.iter().any(|(m, _)| m == from)
         {
             return Err(KeyError::Duplicate(from.clone()));
@@ -316,8 +373,8 @@ impl Session {
             self.confirming.early.push((from.clone(), c.tag));
             return Ok(out);
         }
-        self.check_tag(view, from, &c.tag)?;
-        self.maybe_complete(view, &mut out);
+        self.check_tag(cur, from.as_str(), &c.tag)?;
+        self.maybe_complete(cur, &mut out);
         Ok(out)
     }
 }
@@ -341,9 +398,17 @@ impl KeyAgreement for Session {
         rng: &mut dyn CryptoRngCore,
     ) -> Result<Output, KeyError> {
         let out = self.inner.handle_view(view, rng)?;
-        self.view = Some(view.clone());
-        self.confirming = Confirming::default();
-        let mut out = self.absorb(view, out);
+        let cur = Arc::new(Current::new(
+            view,
+            self.inner.protocol(),
+            self.inner.dh_group(),
+        ));
+        self.current = Some(cur.clone());
+        self.confirming = Confirming {
+            confirmed: vec![false; view.members.len()],
+            ..Confirming::default()
+        };
+        let mut out = self.absorb(&cur, out);
         // Early messages: this view's are handled now, older ones are stale, later ones
         // stay held.
         for (from, bytes) in std::mem::take(&mut self.future) {
@@ -351,7 +416,7 @@ impl KeyAgreement for Session {
             match claimed {
                 Ok((epoch, _)) if epoch > view.epoch => self.future.push((from, bytes)),
                 Ok((epoch, confirm)) if epoch == view.epoch => {
-                    match self.handle_current(view, &from, &bytes, confirm, rng) {
+                    match self.handle_current(&cur, &from, &bytes, confirm, rng) {
                         Ok(more) => {
                             out.sends.extend(more.sends);
                             out.key = out.key.or(more.key);
@@ -384,7 +449,7 @@ impl KeyAgreement for Session {
             return Ok(Output::default());
         }
         let (epoch, confirm) = Self::claimed_epoch(bytes)?;
-        let current = self.view.as_ref().map(|v| v.epoch);
+        let current = self.current.as_ref().map(|c| c.view.epoch);
         if current.is_none_or(|c| epoch > c) {
             if self.future.len() >= self.future_limit {
                 return Err(KeyError::FutureBufferFull {
@@ -394,14 +459,14 @@ impl KeyAgreement for Session {
             self.future.push((from.clone(), bytes.to_vec()));
             return Ok(Output::default());
         }
-        let view = self.view.clone().expect("current epoch known");
-        if epoch < view.epoch {
+        let cur = self.current.clone().expect("current epoch known");
+        if epoch < cur.view.epoch {
             return Err(KeyError::StaleEpoch {
                 got: epoch,
-                current: view.epoch,
+                current: cur.view.epoch,
             });
         }
-        self.handle_current(&view, from, bytes, confirm, rng)
+        self.handle_current(&cur, from, bytes, confirm, rng)
     }
 
     fn current_key(&self) -> Option<&GroupKey> {
@@ -409,9 +474,9 @@ impl KeyAgreement for Session {
     }
 
     fn in_progress(&self) -> bool {
-        self.view
+        self.current
             .as_ref()
-            .is_some_and(|v| self.key.as_ref().is_none_or(|k| k.epoch != v.epoch))
+            .is_some_and(|c| self.key.as_ref().is_none_or(|k| k.epoch != c.view.epoch))
     }
 
     fn op_counts(&self) -> OpCounts {
