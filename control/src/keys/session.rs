@@ -47,7 +47,12 @@ const APPLICATION_KEY_LABEL: &[u8] = b"conclave application key v1";
 /// The current view and what every confirmation of its run is checked against, computed
 /// once per view (a run at 128 members checks 127 confirmations).
 struct Current {
-    view: View,
+    /// The run's group name.
+    group: String,
+    /// The run's epoch.
+    epoch: u64,
+    /// How many members the view has.
+    size: usize,
     /// SHA-256 of the run's transcript (the key's context, `KeyContext::transcript`).
     transcript_digest: [u8; 32],
     /// Each member's position in the view and incarnation.
@@ -74,7 +79,9 @@ impl Current {
             .map(|(i, (m, inc))| (m, (i, inc)))
             .collect();
         Self {
-            view: view.clone(),
+            group: view.group.clone(),
+            epoch: view.epoch,
+            size: view.members.len(),
             transcript_digest: Sha256::digest(&transcript).into(),
             index,
         }
@@ -117,7 +124,7 @@ impl std::fmt::Debug for Session {
         // The inner instance's Debug is redacted; the session's keys are not shown at all.
         f.debug_struct("Session")
             .field("inner", &self.inner)
-            .field("epoch", &self.current.as_ref().map(|c| c.view.epoch))
+            .field("epoch", &self.current.as_ref().map(|c| c.epoch))
             .field("held_early", &self.future.len())
             .field("confirmed", &self.confirming.count)
             .field("failed", &self.confirming.failed)
@@ -245,8 +252,8 @@ impl Session {
         } else {
             self.confirming.failed = true;
             Err(KeyError::ConfirmationFailed {
-                group: cur.view.group.clone(),
-                epoch: cur.view.epoch,
+                group: cur.group.clone(),
+                epoch: cur.epoch,
                 member: MemberId::new(member),
             })
         }
@@ -254,14 +261,14 @@ impl Session {
 
     /// Reports the key once every other member confirmed it.
     fn maybe_complete(&mut self, cur: &Current, out: &mut Output) {
-        let epoch = cur.view.epoch;
+        let epoch = cur.epoch;
         if self.confirming.failed || self.key.as_ref().is_some_and(|k| k.epoch == epoch) {
             return;
         }
         let Some(master) = self.confirming.master.as_ref() else {
             return;
         };
-        if self.confirming.count + 1 < cur.view.members.len() {
+        if self.confirming.count + 1 < cur.size {
             return;
         }
         let key = GroupKey {
@@ -278,7 +285,7 @@ impl Session {
         let Some(inner_key) = out.key.take() else {
             return out;
         };
-        if inner_key.epoch != cur.view.epoch || self.confirming.master.is_some() {
+        if inner_key.epoch != cur.epoch || self.confirming.master.is_some() {
             return out;
         }
         let master = Zeroizing::new(inner_key.secret);
@@ -295,11 +302,11 @@ impl Session {
         );
         self.confirming.master = Some(master);
         self.confirming.confirm_mac = Some(confirm_mac);
-        if cur.view.members.len() > 1 {
+        if cur.size > 1 {
             let confirmation = Confirmation {
                 protocol: self.inner.protocol() as u8,
-                group: &cur.view.group,
-                epoch: cur.view.epoch,
+                group: &cur.group,
+                epoch: cur.epoch,
                 sender: me.as_str(),
                 incarnation,
                 tag: my_tag,
@@ -347,10 +354,10 @@ impl Session {
                 expected: self.inner.protocol() as u8,
             });
         }
-        if c.group != cur.view.group {
+        if c.group != cur.group {
             return Err(KeyError::WrongGroup {
                 got: c.group.to_owned(),
-                expected: cur.view.group.clone(),
+                expected: cur.group.clone(),
             });
         }
         let known = cur.index.get(from).copied();
@@ -449,7 +456,7 @@ impl KeyAgreement for Session {
             return Ok(Output::default());
         }
         let (epoch, confirm) = Self::claimed_epoch(bytes)?;
-        let current = self.current.as_ref().map(|c| c.view.epoch);
+        let current = self.current.as_ref().map(|c| c.epoch);
         if current.is_none_or(|c| epoch > c) {
             if self.future.len() >= self.future_limit {
                 return Err(KeyError::FutureBufferFull {
@@ -460,10 +467,10 @@ impl KeyAgreement for Session {
             return Ok(Output::default());
         }
         let cur = self.current.clone().expect("current epoch known");
-        if epoch < cur.view.epoch {
+        if epoch < cur.epoch {
             return Err(KeyError::StaleEpoch {
                 got: epoch,
-                current: cur.view.epoch,
+                current: cur.epoch,
             });
         }
         self.handle_current(&cur, from, bytes, confirm, rng)
@@ -476,7 +483,7 @@ impl KeyAgreement for Session {
     fn in_progress(&self) -> bool {
         self.current
             .as_ref()
-            .is_some_and(|c| self.key.as_ref().is_none_or(|k| k.epoch != c.view.epoch))
+            .is_some_and(|c| self.key.as_ref().is_none_or(|k| k.epoch != c.epoch))
     }
 
     fn op_counts(&self) -> OpCounts {

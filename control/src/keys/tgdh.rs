@@ -594,7 +594,7 @@ struct RunState<G: DhGroup> {
     epoch: u64,
     members: Vec<MemberId>,
     /// Each member's incarnation in this run's view.
-    incarnations: HashMap<MemberId, u64>,
+    incarnations: Arc<HashMap<MemberId, u64>>,
     chain: Chain,
     tree: Option<RunTree<G::Element>>,
     /// My path, leaf first, and the secrets known on it.
@@ -655,7 +655,7 @@ pub(crate) struct TreeEngine<G: DhGroup> {
     base: Option<TNode>,
     /// The incarnation of every leaf of `base`, from the view whose run made it: a leaf
     /// whose name is back in another incarnation belongs to a member that is gone.
-    base_incarnations: HashMap<MemberId, u64>,
+    base_incarnations: Arc<HashMap<MemberId, u64>>,
     leaf_history: Vec<(Bk, G::Scalar)>,
     node_secrets: HashMap<Bk, G::Scalar>,
     /// Decoded blinded keys of the last run, so unchanged co-path keys are not decoded
@@ -709,7 +709,7 @@ impl<G: DhGroup> TreeEngine<G> {
             identity,
             directory,
             base: None,
-            base_incarnations: HashMap::new(),
+            base_incarnations: Arc::default(),
             leaf_history: Vec::new(),
             node_secrets: HashMap::new(),
             prev_elems: Vec::new(),
@@ -896,11 +896,14 @@ impl<G: DhGroup> TreeEngine<G> {
             }
         };
         // The base's members all carry this view's incarnations now (the others were cut).
-        let incarnations: HashMap<MemberId, u64> = view
-            .members
-            .iter()
-            .map(|m| (m.id.clone(), m.incarnation))
-            .collect();
+        // Built once per view and shared by the run and the base (a copy per view cost
+        // a name allocation per member per member).
+        let incarnations: Arc<HashMap<MemberId, u64>> = Arc::new(
+            view.members
+                .iter()
+                .map(|m| (m.id.clone(), m.incarnation))
+                .collect(),
+        );
         self.base_incarnations = incarnations.clone();
         self.run = Some(RunState {
             group: view.group.clone(),
