@@ -118,6 +118,16 @@ pub enum Violation {
         /// The component's epoch.
         epoch: u64,
     },
+    /// A member reported that it cannot complete its run (`Output::refresh_needed`).
+    #[error("step {step}: {member} cannot complete the run of epoch {epoch}")]
+    RefreshNeeded {
+        /// Event number.
+        step: usize,
+        /// The member.
+        member: MemberId,
+        /// The run's epoch.
+        epoch: u64,
+    },
     /// The run did not settle within the delivery bound.
     #[error("step {step}: no quiet point after {deliveries} deliveries")]
     NoProgress {
@@ -547,6 +557,22 @@ impl<G: DhGroup> Cascade<G> {
         from: &MemberId,
         out: Output,
     ) -> Result<(), Violation> {
+        // In an honest schedule nothing is refused on the side and no run gets stuck.
+        if let Some((about, error)) = out.refused.into_iter().next() {
+            return Err(Violation::MessageRefused {
+                step: self.step,
+                member: from.clone(),
+                from: about,
+                error,
+            });
+        }
+        if let Some(signal) = out.refresh_needed {
+            return Err(Violation::RefreshNeeded {
+                step: self.step,
+                member: from.clone(),
+                epoch: signal.epoch,
+            });
+        }
         for send in out.sends {
             match send.to {
                 Destination::Broadcast => {
