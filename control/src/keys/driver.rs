@@ -12,7 +12,11 @@
 //! flight) it checks that every member of each component holds the same key for the
 //! component's last epoch, that this key differs from every key agreed before, and that
 //! the members who left cannot produce it, even when their saved state is fed the new
-//! run's broadcasts under a view that pretends they are still members. A member that
+//! run's broadcasts under a view that pretends they are still members. (That check is
+//! black-box and mostly exercises message rejection; the white-box checks of
+//! `keys::secrecy`, in test builds, try every secret a departed member held against
+//! every published value.) Members may also restart: same name, new incarnation, no
+//! view in between; the old instance then counts as departed. A member that
 //! joins is a fresh instance that receives only the messages of runs from its first view
 //! on, and every key it ever holds is checked to be new.
 
