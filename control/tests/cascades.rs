@@ -152,11 +152,7 @@ impl Manual {
     }
 
     fn view(&mut self, epoch: u64) {
-        let view = View {
-            group: "g".into(),
-            epoch,
-            members: self.members.iter().map(|m| m.me().clone()).collect(),
-        };
+        let view = View::new("g", epoch, self.members.iter().map(|m| m.me().clone()));
         for k in 0..self.members.len() {
             let out = self.members[k]
                 .handle_view(&view, &mut self.rng)
@@ -257,10 +253,7 @@ fn bad_messages_are_refused_and_change_nothing() {
         g.route(&to, out.sends);
         let err = g.members[k].handle_message(&from, &bytes, &mut rng);
         assert!(
-            matches!(
-                err,
-                Err(KeyError::Duplicate(_)) | Err(KeyError::Unexpected(_))
-            ),
+            matches!(err, Err(KeyError::Duplicate(_)) | Err(KeyError::Invalid(_))),
             "{name}: replay gave {err:?}"
         );
         g.deliver_all();

@@ -19,10 +19,11 @@ use rand_core::CryptoRngCore;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::envelope::{BodyReader, BodyWriter};
+use super::kdf::derive_from_encoding;
 use super::support::{Counted, Run};
 use super::{
     Destination, DhGroup, Directory, GroupKey, Identity, KeyAgreement, KeyError, MemberId,
-    OpCounts, Output, Protocol, View,
+    OpCounts, Output, Protocol, Validation, View,
 };
 
 const ROUND1: u8 = 1;
@@ -46,6 +47,9 @@ pub struct Bd<G: DhGroup> {
     public: Vec<(String, Vec<u8>)>,
     key: Option<GroupKey>,
     in_progress: bool,
+    /// Test builds: every key-derivation input this instance used (secrecy checks).
+    #[cfg(test)]
+    seen_ikms: Vec<Vec<u8>>,
 }
 
 impl<G: DhGroup> Drop for Bd<G> {
@@ -53,6 +57,19 @@ impl<G: DhGroup> Drop for Bd<G> {
         if let Some(rounds) = self.rounds.as_mut() {
             rounds.r.zeroize();
         }
+    }
+}
+
+impl<G: DhGroup> std::fmt::Debug for Bd<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Public facts only: the run's exponent and the key stay out of logs.
+        f.debug_struct("Bd")
+            .field("me", self.identity.id())
+            .field("group", &self.dh.group.name())
+            .field("epoch", &self.run.as_ref().map(|r| r.epoch))
+            .field("in_progress", &self.in_progress)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,6 +85,8 @@ impl<G: DhGroup> Bd<G> {
             public: Vec::new(),
             key: None,
             in_progress: false,
+            #[cfg(test)]
+            seen_ikms: Vec::new(),
         }
     }
 
@@ -83,11 +102,20 @@ impl<G: DhGroup> Bd<G> {
         w.finish()
     }
 
-    fn complete(&mut self, epoch: u64, key_element: &G::Element) -> GroupKey {
-        let key = GroupKey {
-            epoch,
-            secret: self.dh.group.element_to_key(key_element),
+    fn complete(&mut self, run: &Run, key_element: &G::Element) -> GroupKey {
+        let encoded = self.dh.group.encode_element(key_element);
+        // Test builds: the injected key-reuse bug derives from the previous run's value.
+        #[cfg(test)]
+        let encoded = match self.seen_ikms.last() {
+            Some(last) if super::kdf::fault::key_reuse() => last.clone(),
+            _ => encoded,
         };
+        #[cfg(test)]
+        self.seen_ikms.push(encoded.clone());
+        let key = derive_from_encoding(
+            &run.key_context(Protocol::Bd, self.dh.group.name()),
+            encoded,
+        );
         self.public.clear();
         if let (Some(rounds), Some(run)) = (self.rounds.as_ref(), self.run.as_ref()) {
             for (tag, values) in [("z", &rounds.z), ("X", &rounds.x)] {
@@ -124,8 +152,8 @@ impl<G: DhGroup> Bd<G> {
         if n == 2 {
             let other = rounds.z[1 - i].clone().expect("checked above");
             let r = Zeroizing::new(rounds.r.clone());
-            let shared = self.dh.exp(&other, &r);
-            out.key = Some(self.complete(run.epoch, &shared));
+            let shared = Zeroizing::new(self.dh.exp(&other, &r));
+            out.key = Some(self.complete(run, &shared));
             return out;
         }
         let prev = rounds.z[(i + n - 1) % n].clone().expect("checked above");
@@ -160,15 +188,16 @@ impl<G: DhGroup> Bd<G> {
                 .group
                 .mul_scalars(&rounds.r, &self.dh.group.scalar_from_u64(n as u64)),
         );
-        let mut acc = self.dh.exp(&prev, &exponent);
+        // The running product ends as the group secret: wiped when dropped.
+        let mut acc = Zeroizing::new(self.dh.exp(&prev, &exponent));
         // Σ_{j=0}^{n-2} (n-1-j)·X_{i+j} as a sum of the prefix products X_i⋯X_{i+k}.
         let mut prefix = xs[i].clone();
-        acc = self.dh.group.mul_elements(&acc, &prefix);
+        *acc = self.dh.group.mul_elements(&acc, &prefix);
         for j in 1..n - 1 {
             prefix = self.dh.group.mul_elements(&prefix, &xs[(i + j) % n]);
-            acc = self.dh.group.mul_elements(&acc, &prefix);
+            *acc = self.dh.group.mul_elements(&acc, &prefix);
         }
-        out.key = Some(self.complete(run.epoch, &acc));
+        out.key = Some(self.complete(run, &acc));
         out
     }
 }
@@ -180,6 +209,10 @@ impl<G: DhGroup> KeyAgreement for Bd<G> {
 
     fn me(&self) -> &MemberId {
         self.identity.id()
+    }
+
+    fn dh_group(&self) -> &'static str {
+        self.dh.group.name()
     }
 
     fn handle_view(
@@ -208,7 +241,8 @@ impl<G: DhGroup> KeyAgreement for Bd<G> {
             });
             return Ok(Output {
                 sends: Vec::new(),
-                key: Some(self.complete(run.epoch, &z)),
+                key: Some(self.complete(&run, &z)),
+                ..Output::default()
             });
         }
         let body = self.element_body(&z);
@@ -231,6 +265,7 @@ impl<G: DhGroup> KeyAgreement for Bd<G> {
         Ok(Output {
             sends: vec![msg],
             key: None,
+            ..Output::default()
         })
     }
 
@@ -246,16 +281,16 @@ impl<G: DhGroup> KeyAgreement for Bd<G> {
         let run = self
             .run
             .clone()
-            .ok_or(KeyError::Unexpected("no view yet"))?;
+            .ok_or(KeyError::Invalid(Validation::NoView))?;
         let env = self
             .dh
             .open(bytes, from, Protocol::Bd, &self.directory, &run)?;
         if self.rounds.is_none() || !self.in_progress {
-            return Err(KeyError::Unexpected("run already complete"));
+            return Err(KeyError::Invalid(Validation::RunComplete));
         }
         let n = run.members.len();
         if env.step == ROUND2 && n <= 2 {
-            return Err(KeyError::Unexpected("no second round for two members"));
+            return Err(KeyError::Invalid(Validation::NoSecondRoundForTwo));
         }
         let mut r = BodyReader::new(&env.body);
         let value = self.dh.group.decode_element(r.bytes()?)?;
@@ -285,5 +320,18 @@ impl<G: DhGroup> KeyAgreement for Bd<G> {
 
     fn op_counts(&self) -> OpCounts {
         self.dh.ops
+    }
+
+    #[cfg(test)]
+    fn leak(&self) -> super::Leak {
+        super::Leak {
+            scalars: self
+                .rounds
+                .iter()
+                .map(|r| self.dh.group.scalar_bytes(&r.r))
+                .collect(),
+            ikms: self.seen_ikms.clone(),
+            keys: self.key.iter().map(|k| k.secret).collect(),
+        }
     }
 }

@@ -25,10 +25,11 @@ use sha2::{Digest, Sha512};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::envelope::{BodyReader, BodyWriter};
+use super::kdf::derive_group_key;
 use super::support::{Counted, Run};
 use super::{
     Destination, DhGroup, Directory, GroupKey, Identity, KeyAgreement, KeyError, MemberId,
-    OpCounts, Output, Protocol, View,
+    OpCounts, Output, Protocol, Validation, View,
 };
 
 const HELLO: u8 = 1;
@@ -55,6 +56,9 @@ pub struct Ckd<G: DhGroup> {
     run: Option<Run>,
     key: Option<GroupKey>,
     in_progress: bool,
+    /// Test builds: every key-derivation input this instance used (secrecy checks).
+    #[cfg(test)]
+    seen_ikms: Vec<Vec<u8>>,
 }
 
 impl<G: DhGroup> Drop for Ckd<G> {
@@ -62,6 +66,20 @@ impl<G: DhGroup> Drop for Ckd<G> {
         if let Some((r, _)) = self.exponent.as_mut() {
             r.zeroize();
         }
+    }
+}
+
+impl<G: DhGroup> std::fmt::Debug for Ckd<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Public facts only: the exponent, the pairwise keys and the key stay out of logs.
+        f.debug_struct("Ckd")
+            .field("me", self.identity.id())
+            .field("group", &self.dh.group.name())
+            .field("epoch", &self.run.as_ref().map(|r| r.epoch))
+            .field("pairwise_keys", &self.pairwise.len())
+            .field("in_progress", &self.in_progress)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,6 +98,8 @@ impl<G: DhGroup> Ckd<G> {
             run: None,
             key: None,
             in_progress: false,
+            #[cfg(test)]
+            seen_ikms: Vec::new(),
         }
     }
 
@@ -147,26 +167,29 @@ impl<G: DhGroup> Ckd<G> {
         w.finish()
     }
 
-    fn group_key(run: &Run, secret: &[u8; 32]) -> GroupKey {
-        let digest = Sha512::new()
-            .chain_update(b"conclave ckd group key v1")
-            .chain_update((run.group.len() as u16).to_le_bytes())
-            .chain_update(run.group.as_bytes())
-            .chain_update(run.epoch.to_le_bytes())
-            .chain_update(secret)
-            .finalize();
-        let mut out = [0u8; 32];
-        out.copy_from_slice(&digest[..32]);
-        GroupKey {
-            epoch: run.epoch,
-            secret: out,
-        }
+    /// The group key from the controller's random secret, bound to the run's context.
+    fn group_key(&self, run: &Run, secret: &[u8; 32]) -> GroupKey {
+        derive_group_key(
+            &run.key_context(Protocol::Ckd, self.dh.group.name()),
+            secret,
+        )
     }
 
     /// As controller with every pairwise key: pick the secret and send it to everyone.
     fn distribute(&mut self, run: &Run, rng: &mut dyn CryptoRngCore) -> Output {
         let mut secret = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(secret.as_mut_slice());
+        // Test builds: the injected key-reuse bug sends the previous secret again.
+        #[cfg(test)]
+        if let Some(last) = self
+            .seen_ikms
+            .last()
+            .filter(|_| super::kdf::fault::key_reuse())
+        {
+            secret.copy_from_slice(last);
+        }
+        #[cfg(test)]
+        self.seen_ikms.push(secret.to_vec());
         let blinded = self
             .exponent
             .as_ref()
@@ -208,7 +231,7 @@ impl<G: DhGroup> Ckd<G> {
                 Destination::Broadcast,
             ));
         }
-        let key = Self::group_key(run, &secret);
+        let key = self.group_key(run, &secret);
         self.key = Some(key.clone());
         self.in_progress = false;
         out.key = Some(key);
@@ -249,6 +272,7 @@ impl<G: DhGroup> Ckd<G> {
         Ok(Output {
             sends: vec![msg],
             key: None,
+            ..Output::default()
         })
     }
 
@@ -260,13 +284,13 @@ impl<G: DhGroup> Ckd<G> {
         rng: &mut dyn CryptoRngCore,
     ) -> Result<Output, KeyError> {
         if !self.awaiting.contains(from) {
-            return Err(KeyError::Unexpected("blinded value that was not asked for"));
+            return Err(KeyError::Invalid(Validation::BlindedValueNotAsked));
         }
         let mut r = BodyReader::new(body);
         let theirs = self.dh.group.decode_element(r.bytes()?)?;
         r.finish()?;
         let (mine, _) = self.exponent(rng);
-        let shared = self.dh.exp(&theirs, &mine);
+        let shared = Zeroizing::new(self.dh.exp(&theirs, &mine));
         let key = self.derive_pairwise(self.identity.id(), from, &shared);
         self.pairwise.insert(from.clone(), key);
         self.blinded
@@ -291,7 +315,7 @@ impl<G: DhGroup> Ckd<G> {
         let blinded_bytes = r.bytes()?.to_vec();
         let count = r.u32()? as usize;
         if count + 1 != run.members.len() {
-            return Err(KeyError::Unexpected("secret not sent to every member"));
+            return Err(KeyError::Invalid(Validation::SecretNotSentToAll));
         }
         let mut mine = None;
         for _ in 0..count {
@@ -303,7 +327,7 @@ impl<G: DhGroup> Ckd<G> {
             }
         }
         r.finish()?;
-        let (nonce, sealed) = mine.ok_or(KeyError::Unexpected("no secret for this member"))?;
+        let (nonce, sealed) = mine.ok_or(KeyError::Invalid(Validation::NoSecretForMe))?;
         if nonce.len() != NONCE_LEN {
             return Err(KeyError::Malformed("nonce length"));
         }
@@ -317,7 +341,7 @@ impl<G: DhGroup> Ckd<G> {
             None => {
                 let theirs = self.dh.group.decode_element(&blinded_bytes)?;
                 let (r_me, _) = self.exponent(rng);
-                let shared = self.dh.exp(&theirs, &r_me);
+                let shared = Zeroizing::new(self.dh.exp(&theirs, &r_me));
                 self.derive_pairwise(&controller, &me, &shared)
             }
         };
@@ -331,7 +355,7 @@ impl<G: DhGroup> Ckd<G> {
                     aad: &aad,
                 },
             )
-            .map_err(|_| KeyError::Unexpected("secret does not decrypt"))?;
+            .map_err(|_| KeyError::Invalid(Validation::SecretDoesNotDecrypt))?;
         let secret = Zeroizing::new(secret);
         let secret: &[u8; 32] = secret
             .as_slice()
@@ -340,12 +364,15 @@ impl<G: DhGroup> Ckd<G> {
         if fresh {
             self.with_controller = Some((controller, blinded_bytes, pairwise));
         }
-        let key = Self::group_key(run, secret);
+        #[cfg(test)]
+        self.seen_ikms.push(secret.to_vec());
+        let key = self.group_key(run, secret);
         self.key = Some(key.clone());
         self.in_progress = false;
         Ok(Output {
             sends: Vec::new(),
             key: Some(key),
+            ..Output::default()
         })
     }
 }
@@ -359,14 +386,23 @@ impl<G: DhGroup> KeyAgreement for Ckd<G> {
         self.identity.id()
     }
 
+    fn dh_group(&self) -> &'static str {
+        self.dh.group.name()
+    }
+
     fn handle_view(
         &mut self,
         view: &View,
         rng: &mut dyn CryptoRngCore,
     ) -> Result<Output, KeyError> {
         let run = Run::start(self.run.as_ref(), view, self.identity.id())?;
-        self.pairwise.retain(|m, _| run.members.contains(m));
-        self.blinded.retain(|m, _| run.members.contains(m));
+        // Pairwise keys are kept only for members still in the same incarnation: a name
+        // back in a new incarnation is a fresh process with a fresh blinded value, and a
+        // secret sealed under its predecessor's pairwise key would not decrypt.
+        let previous = self.run.take();
+        let keep = |m: &MemberId| previous.as_ref().is_some_and(|p| run.same_member_in(p, m));
+        self.pairwise.retain(|m, _| keep(m));
+        self.blinded.retain(|m, _| keep(m));
         self.awaiting.clear();
         self.run = Some(run.clone());
         self.in_progress = true;
@@ -401,6 +437,7 @@ impl<G: DhGroup> KeyAgreement for Ckd<G> {
         Ok(Output {
             sends: vec![msg],
             key: None,
+            ..Output::default()
         })
     }
 
@@ -416,12 +453,12 @@ impl<G: DhGroup> KeyAgreement for Ckd<G> {
         let run = self
             .run
             .clone()
-            .ok_or(KeyError::Unexpected("no view yet"))?;
+            .ok_or(KeyError::Invalid(Validation::NoView))?;
         let env = self
             .dh
             .open(bytes, from, Protocol::Ckd, &self.directory, &run)?;
         if !self.in_progress {
-            return Err(KeyError::Unexpected("run already complete"));
+            return Err(KeyError::Invalid(Validation::RunComplete));
         }
         let controller = &run.members[0];
         let i_control = controller == self.identity.id();
@@ -430,7 +467,7 @@ impl<G: DhGroup> KeyAgreement for Ckd<G> {
             RESPONSE if i_control => self.on_response(&run, from, &env.body, rng)?,
             KEYS if !i_control && from == controller => self.on_keys(&run, &env.body, rng)?,
             HELLO | RESPONSE | KEYS => {
-                return Err(KeyError::Unexpected("message for another role"));
+                return Err(KeyError::Invalid(Validation::WrongRole));
             }
             _ => return Err(KeyError::Malformed("unknown step")),
         };
@@ -450,5 +487,21 @@ impl<G: DhGroup> KeyAgreement for Ckd<G> {
 
     fn op_counts(&self) -> OpCounts {
         self.dh.ops
+    }
+
+    #[cfg(test)]
+    fn leak(&self) -> super::Leak {
+        let mut keys: Vec<[u8; 32]> = self.pairwise.values().map(|k| **k).collect();
+        keys.extend(self.with_controller.iter().map(|(_, _, k)| **k));
+        keys.extend(self.key.iter().map(|k| k.secret));
+        super::Leak {
+            scalars: self
+                .exponent
+                .iter()
+                .map(|(r, _)| self.dh.group.scalar_bytes(r))
+                .collect(),
+            ikms: self.seen_ikms.clone(),
+            keys,
+        }
     }
 }

@@ -18,8 +18,9 @@ use super::KeyError;
 pub trait DhGroup: Clone + Send + Sync + Debug + 'static {
     /// A secret exponent; wiped on drop by its owner.
     type Scalar: Clone + Zeroize + Send + Sync + PartialEq;
-    /// A public group element.
-    type Element: Clone + PartialEq + Eq + Send + Sync + Debug;
+    /// A group element. Most are public (blinded keys), but Diffie-Hellman results are
+    /// secrets, so elements can be wiped (`Zeroizing<Element>` where they are).
+    type Element: Clone + PartialEq + Eq + Send + Sync + Debug + Zeroize;
 
     /// Short name for tables and plots (`ristretto255`, `modp2048`, `modp3072`).
     fn name(&self) -> &'static str;
@@ -58,17 +59,9 @@ pub trait DhGroup: Clone + Send + Sync + Debug + 'static {
     /// Decodes and validates an element; the identity and non-members are refused.
     fn decode_element(&self, bytes: &[u8]) -> Result<Self::Element, KeyError>;
 
-    /// 32 bytes that a group secret element yields as the group key.
-    fn element_to_key(&self, e: &Self::Element) -> [u8; 32] {
-        let digest = Sha512::new()
-            .chain_update(b"conclave group key v1")
-            .chain_update(self.name().as_bytes())
-            .chain_update(self.encode_element(e))
-            .finalize();
-        let mut key = [0u8; 32];
-        key.copy_from_slice(&digest[..32]);
-        key
-    }
+    /// A secret exponent's bytes, for the white-box secrecy tests only.
+    #[cfg(test)]
+    fn scalar_bytes(&self, k: &Self::Scalar) -> Vec<u8>;
 }
 
 /// ristretto255 over curve25519: the fast default group.
@@ -125,17 +118,29 @@ impl DhGroup for Ristretto255 {
     }
 
     fn element_to_scalar(&self, e: &RistrettoPoint) -> Scalar {
-        let digest = Sha512::new()
+        // `e` is a DH result (secret): the compressed copy, the digest and the wide buffer
+        // all hold the node secret's material and are wiped.
+        let mut compressed = e.compress().to_bytes();
+        let mut digest = Sha512::new()
             .chain_update(b"conclave tgdh node secret v1")
-            .chain_update(e.compress().as_bytes())
+            .chain_update(compressed)
             .finalize();
         let mut wide = [0u8; 64];
         wide.copy_from_slice(&digest);
-        Scalar::from_bytes_mod_order_wide(&wide)
+        let k = Scalar::from_bytes_mod_order_wide(&wide);
+        compressed.zeroize();
+        digest.as_mut_slice().zeroize();
+        wide.zeroize();
+        k
     }
 
     fn encode_element(&self, e: &RistrettoPoint) -> Vec<u8> {
         e.compress().as_bytes().to_vec()
+    }
+
+    #[cfg(test)]
+    fn scalar_bytes(&self, k: &Scalar) -> Vec<u8> {
+        k.to_bytes().to_vec()
     }
 
     fn decode_element(&self, bytes: &[u8]) -> Result<RistrettoPoint, KeyError> {

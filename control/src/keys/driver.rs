@@ -12,7 +12,11 @@
 //! flight) it checks that every member of each component holds the same key for the
 //! component's last epoch, that this key differs from every key agreed before, and that
 //! the members who left cannot produce it, even when their saved state is fed the new
-//! run's broadcasts under a view that pretends they are still members. A member that
+//! run's broadcasts under a view that pretends they are still members. (That check is
+//! black-box and mostly exercises message rejection; the white-box checks of
+//! `keys::secrecy`, in test builds, try every secret a departed member held against
+//! every published value.) Members may also restart: same name, new incarnation, no
+//! view in between; the old instance then counts as departed. A member that
 //! joins is a fresh instance that receives only the messages of runs from its first view
 //! on, and every key it ever holds is checked to be new.
 
@@ -26,8 +30,8 @@ use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
 
 use super::{
-    Destination, DhGroup, Directory, Identity, KeyAgreement, KeyError, MemberId, OpCounts, Output,
-    Protocol, View, new_instance,
+    Destination, DhGroup, Directory, Identity, KeyAgreement, KeyError, Member, MemberId, OpCounts,
+    Output, Protocol, View, new_instance,
 };
 
 /// The group name every driven instance serves.
@@ -118,6 +122,16 @@ pub enum Violation {
         /// The component's epoch.
         epoch: u64,
     },
+    /// A member reported that it cannot complete its run (`Output::refresh_needed`).
+    #[error("step {step}: {member} cannot complete the run of epoch {epoch}")]
+    RefreshNeeded {
+        /// Event number.
+        step: usize,
+        /// The member.
+        member: MemberId,
+        /// The run's epoch.
+        epoch: u64,
+    },
     /// The run did not settle within the delivery bound.
     #[error("step {step}: no quiet point after {deliveries} deliveries")]
     NoProgress {
@@ -145,8 +159,9 @@ pub struct Report {
     pub keys_checked: usize,
     /// Largest component seen.
     pub largest: usize,
-    /// Counts by event kind: join, leave, merge, partition, refresh, churn, form.
-    pub kinds: [usize; 7],
+    /// Counts by event kind: join, leave, merge, partition, refresh, churn, form, restart
+    /// (a member comes back under its name in a new incarnation, with no view between).
+    pub kinds: [usize; 8],
 }
 
 /// Shape of a randomized play.
@@ -209,7 +224,10 @@ struct Cascade<G: DhGroup> {
     identities: Vec<Arc<Identity>>,
     directory: Directory,
     instances: HashMap<MemberId, Box<dyn KeyAgreement>>,
-    departed: HashMap<MemberId, Box<dyn KeyAgreement>>,
+    /// Each name's current incarnation: bumped whenever a fresh instance takes the name.
+    incarnations: HashMap<MemberId, u64>,
+    /// Instances of members that left (or restarted), with the incarnation they had.
+    departed: HashMap<MemberId, (Box<dyn KeyAgreement>, u64)>,
     components: Vec<Component>,
     queues: BTreeMap<(MemberId, MemberId), VecDeque<Vec<u8>>>,
     late: Vec<Message>,
@@ -254,6 +272,7 @@ pub fn play_with<G: DhGroup>(
         identities,
         directory,
         instances: HashMap::new(),
+        incarnations: HashMap::new(),
         departed: HashMap::new(),
         components: Vec::new(),
         queues: BTreeMap::new(),
@@ -305,7 +324,23 @@ impl<G: DhGroup> Cascade<G> {
             self.directory.clone(),
         );
         self.instances.insert(id.clone(), instance);
+        self.incarnations
+            .entry(id.clone())
+            .and_modify(|i| *i += 1)
+            .or_insert(0);
         id
+    }
+
+    /// A view of `members` in their current incarnations.
+    fn view_of(&self, epoch: u64, members: &[MemberId]) -> View {
+        View {
+            group: GROUP.to_owned(),
+            epoch,
+            members: members
+                .iter()
+                .map(|m| Member::new(m.clone(), self.incarnations.get(m).copied().unwrap_or(0)))
+                .collect(),
+        }
     }
 
     /// Picks and plays one event that the current components allow.
@@ -315,7 +350,7 @@ impl<G: DhGroup> Cascade<G> {
             return self.form(&free);
         }
         loop {
-            let kind = self.rng.gen_range(0..7usize);
+            let kind = self.rng.gen_range(0..8usize);
             let ci = self.rng.gen_range(0..self.components.len());
             let size = self.components[ci].members.len();
             match kind {
@@ -386,6 +421,26 @@ impl<G: DhGroup> Cascade<G> {
                     self.report.kinds[6] += 1;
                     return self.form(&free);
                 }
+                7 => {
+                    // A member's process restarts and is back before any view without
+                    // it: same name, new incarnation, newest member. Its old instance
+                    // (with every secret it held) is kept as a departed member.
+                    let mut members = self.components[ci].members.clone();
+                    let at = self.rng.gen_range(0..members.len());
+                    let name = members.remove(at);
+                    if let Some(old) = self.instances.remove(&name) {
+                        let incarnation = self.incarnations.get(&name).copied().unwrap_or(0);
+                        self.departed.insert(name.clone(), (old, incarnation));
+                    }
+                    let index = self
+                        .identities
+                        .iter()
+                        .position(|i| *i.id() == name)
+                        .expect("members come from the universe");
+                    members.push(self.fresh_instance(index));
+                    self.report.kinds[7] += 1;
+                    return self.replace_restarted(vec![ci], vec![members], vec![name]);
+                }
                 _ => {}
             }
         }
@@ -406,6 +461,17 @@ impl<G: DhGroup> Cascade<G> {
 
     /// Ends components `old` and installs a view for each of `new`.
     fn replace(&mut self, old: Vec<usize>, new: Vec<Vec<MemberId>>) -> Result<(), Violation> {
+        self.replace_restarted(old, new, Vec::new())
+    }
+
+    /// [`Self::replace`] where the members `restarted` are back in a new incarnation (their
+    /// previous one counts as departed).
+    fn replace_restarted(
+        &mut self,
+        old: Vec<usize>,
+        new: Vec<Vec<MemberId>>,
+        restarted: Vec<MemberId>,
+    ) -> Result<(), Violation> {
         let mut old = old;
         old.sort_unstable();
         let mut ended = Vec::new();
@@ -413,7 +479,7 @@ impl<G: DhGroup> Cascade<G> {
             ended.push(self.components.remove(ci));
         }
         let staying: HashSet<&MemberId> = new.iter().flatten().collect();
-        let mut departed = Vec::new();
+        let mut departed = restarted;
         for component in &ended {
             for m in &component.members {
                 if !staying.contains(m) {
@@ -444,17 +510,19 @@ impl<G: DhGroup> Cascade<G> {
         }
         self.late.retain(|m| !departed.contains(&m.to));
         for m in &departed {
+            // A restarted member's old instance was set aside already; the name's live
+            // instance is its new incarnation.
+            if staying.contains(m) {
+                continue;
+            }
             if let Some(instance) = self.instances.remove(m) {
-                self.departed.insert(m.clone(), instance);
+                let incarnation = self.incarnations.get(m).copied().unwrap_or(0);
+                self.departed.insert(m.clone(), (instance, incarnation));
             }
         }
         for members in new {
             self.epoch += 1;
-            let view = View {
-                group: GROUP.to_owned(),
-                epoch: self.epoch,
-                members: members.clone(),
-            };
+            let view = self.view_of(self.epoch, &members);
             self.report.views += 1;
             self.report.largest = self.report.largest.max(members.len());
             let mut component = Component {
@@ -493,6 +561,22 @@ impl<G: DhGroup> Cascade<G> {
         from: &MemberId,
         out: Output,
     ) -> Result<(), Violation> {
+        // In an honest schedule nothing is refused on the side and no run gets stuck.
+        if let Some((about, error)) = out.refused.into_iter().next() {
+            return Err(Violation::MessageRefused {
+                step: self.step,
+                member: from.clone(),
+                from: about,
+                error,
+            });
+        }
+        if let Some(signal) = out.refresh_needed {
+            return Err(Violation::RefreshNeeded {
+                step: self.step,
+                member: from.clone(),
+                epoch: signal.epoch,
+            });
+        }
         for send in out.sends {
             match send.to {
                 Destination::Broadcast => {
@@ -649,21 +733,18 @@ impl<G: DhGroup> Cascade<G> {
             let broadcasts = std::mem::take(&mut self.components[ci].broadcasts);
             let members = self.components[ci].members.clone();
             for d in departed {
-                let Some(instance) = self.departed.get_mut(&d) else {
-                    continue;
-                };
-                let mut learned = instance.current_key().is_some_and(|k| k.secret == key);
                 // The departed member pretends it is still in the group: it takes a view of
                 // the new epoch with itself added, so the new run's broadcasts pass the
                 // run checks and reach its protocol state (its saved secrets). Whatever it
-                // computes from them must not be the new key.
-                let mut pretend = members.clone();
-                pretend.push(d.clone());
-                let view = View {
-                    group: GROUP.to_owned(),
-                    epoch,
-                    members: pretend,
+                // computes from them must not be the new key. A restarted member's old
+                // instance pretends to be its name's old life: its entry is replaced.
+                let mut view = self.view_of(epoch, &members);
+                let Some((instance, incarnation)) = self.departed.get_mut(&d) else {
+                    continue;
                 };
+                view.members.retain(|m| m.id != d);
+                view.members.push(Member::new(d.clone(), *incarnation));
+                let mut learned = instance.current_key().is_some_and(|k| k.secret == key);
                 if let Ok(out) = instance.handle_view(&view, &mut self.rng) {
                     learned |= out.key.is_some_and(|k| k.secret == key);
                 }
@@ -786,11 +867,7 @@ impl Lockstep {
             self.instances.push(instance);
         }
         self.epoch += 1;
-        let view = View {
-            group: GROUP.to_owned(),
-            epoch: self.epoch,
-            members: ids.clone(),
-        };
+        let view = View::new(GROUP, self.epoch, ids.iter().cloned());
         let before: Vec<OpCounts> = self.instances.iter().map(|i| i.op_counts()).collect();
         let mut cost = EventCost::default();
         let mut inbox: Vec<Vec<(MemberId, Vec<u8>)>> = vec![Vec::new(); ids.len()];

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use rand_core::CryptoRngCore;
+use zeroize::Zeroizing;
 
 use super::{KeyError, MemberId, Protocol};
 
@@ -23,13 +24,15 @@ pub struct Identity {
 impl Identity {
     /// Makes a fresh identity for `id`.
     pub fn generate(id: MemberId, rng: &mut dyn CryptoRngCore) -> Self {
-        let mut seed = [0u8; 32];
-        rng.fill_bytes(&mut seed);
-        Self::from_seed(id, seed)
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(seed.as_mut_slice());
+        Self::from_seed(id, *seed)
     }
 
-    /// Rebuilds an identity from its 32-byte secret seed.
+    /// Rebuilds an identity from its 32-byte secret seed. The signing key wipes itself
+    /// on drop; this copy of the seed is wiped here.
     pub fn from_seed(id: MemberId, seed: [u8; 32]) -> Self {
+        let seed = Zeroizing::new(seed);
         Self {
             id,
             signing: SigningKey::from_bytes(&seed),
@@ -153,6 +156,22 @@ impl Envelope {
             step,
             body,
         })
+    }
+
+    /// Reads the run an encoded envelope claims (protocol, group, epoch, sender) without
+    /// verifying anything or copying: enough to decide whether it is early, current or
+    /// stale before the run that could check it exists. The caller must still
+    /// [`Envelope::open`] it.
+    pub fn peek_run(bytes: &[u8]) -> Result<(Protocol, &str, u64, &str), KeyError> {
+        if bytes.len() < SIGNATURE_LEN {
+            return Err(KeyError::Malformed("shorter than a signature"));
+        }
+        let mut r = BodyReader::new(&bytes[..bytes.len() - SIGNATURE_LEN]);
+        let protocol = Protocol::from_u8(r.u8()?).ok_or(KeyError::Malformed("unknown protocol"))?;
+        let group = r.str()?;
+        let epoch = r.u64()?;
+        let sender = r.str()?;
+        Ok((protocol, group, epoch, sender))
     }
 
     /// Checks that this envelope belongs to the run (protocol, group, epoch) and came from

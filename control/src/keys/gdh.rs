@@ -26,6 +26,13 @@
 //!
 //! Messages name the upflow chain, so members of another component (which cannot know
 //! which members were together before the merge) just follow it.
+//!
+//! The controller of every run is the view's last member, and only it may send FACTOR
+//! REQUEST and FINAL ([`KeyError::NotController`] otherwise): every member can check that
+//! without knowing who was together before. The chain is built to end there: when the
+//! starter is itself the last member (newcomers placed before it, or a full upflow it
+//! starts), it starts the upflow *without* its new share (from its partial key, or from
+//! `g`) and puts itself at the end of the chain, adding its share as controller.
 
 use std::sync::Arc;
 
@@ -33,16 +40,21 @@ use rand_core::CryptoRngCore;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::envelope::{BodyReader, BodyWriter};
+use super::kdf::derive_from_encoding;
 use super::support::{Counted, Run};
 use super::{
     Destination, DhGroup, Directory, GroupKey, Identity, KeyAgreement, KeyError, MemberId,
-    OpCounts, Outgoing, Output, Protocol, View,
+    OpCounts, Outgoing, Output, Protocol, Validation, View,
 };
 
-const UPFLOW: u8 = 1;
-const FACTOR_REQUEST: u8 = 2;
-const FACTOR: u8 = 3;
-const FINAL: u8 = 4;
+/// Envelope step of an upflow message (partial secret passed along the chain).
+pub const UPFLOW: u8 = 1;
+/// Envelope step of the controller's broadcast of the partial secret to factor out from.
+pub const FACTOR_REQUEST: u8 = 2;
+/// Envelope step of a member's factored-out value, to the controller.
+pub const FACTOR: u8 = 3;
+/// Envelope step of the controller's broadcast of the new partial-key set.
+pub const FINAL: u8 = 4;
 
 /// The partial-key set a member last saw completed: encoded elements, decoded lazily (only
 /// a starter needs the others' entries).
@@ -74,6 +86,9 @@ pub struct Gdh<G: DhGroup> {
     set: Option<PartialSet>,
     key: Option<GroupKey>,
     in_progress: bool,
+    /// Test builds: every key-derivation input this instance used (secrecy checks).
+    #[cfg(test)]
+    seen_ikms: Vec<Vec<u8>>,
 }
 
 impl<G: DhGroup> Drop for Gdh<G> {
@@ -81,6 +96,19 @@ impl<G: DhGroup> Drop for Gdh<G> {
         if let Some(share) = self.share.as_mut() {
             share.zeroize();
         }
+    }
+}
+
+impl<G: DhGroup> std::fmt::Debug for Gdh<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Public facts only: the share and the key stay out of logs.
+        f.debug_struct("Gdh")
+            .field("me", self.identity.id())
+            .field("group", &self.dh.group.name())
+            .field("epoch", &self.run.as_ref().map(|r| r.epoch))
+            .field("in_progress", &self.in_progress)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,6 +125,8 @@ impl<G: DhGroup> Gdh<G> {
             set: None,
             key: None,
             in_progress: false,
+            #[cfg(test)]
+            seen_ikms: Vec::new(),
         }
     }
 
@@ -115,7 +145,9 @@ impl<G: DhGroup> Gdh<G> {
     }
 
     fn run_clone(&self) -> Result<Run, KeyError> {
-        self.run.clone().ok_or(KeyError::Unexpected("no view yet"))
+        self.run
+            .clone()
+            .ok_or(KeyError::Invalid(Validation::NoView))
     }
 
     /// A copy of the share that wipes itself when dropped.
@@ -135,10 +167,14 @@ impl<G: DhGroup> Gdh<G> {
     }
 
     fn finish(&mut self, key_element: &G::Element, set: PartialSet) -> GroupKey {
-        let key = GroupKey {
-            epoch: set.epoch,
-            secret: self.dh.group.element_to_key(key_element),
-        };
+        let run = self.run.as_ref().expect("a run completes inside its view");
+        let encoded = self.dh.group.encode_element(key_element);
+        #[cfg(test)]
+        self.seen_ikms.push(encoded.clone());
+        let key = derive_from_encoding(
+            &run.key_context(Protocol::Gdh, self.dh.group.name()),
+            encoded,
+        );
         self.set = Some(set);
         self.key = Some(key.clone());
         self.in_progress = false;
@@ -214,6 +250,7 @@ impl<G: DhGroup> Gdh<G> {
         Output {
             sends: vec![msg],
             key: None,
+            ..Output::default()
         }
     }
 
@@ -239,7 +276,7 @@ impl<G: DhGroup> Gdh<G> {
                 entries.push((id.clone(), self.dh.group.encode_element(&p)));
             }
         }
-        let key_element = self.dh.exp(&partial, &share);
+        let key_element = Zeroizing::new(self.dh.exp(&partial, &share));
         let msg = self.final_message(run, &entries);
         let key = self.finish(
             &key_element,
@@ -251,6 +288,7 @@ impl<G: DhGroup> Gdh<G> {
         Output {
             sends: vec![msg],
             key: Some(key),
+            ..Output::default()
         }
     }
 
@@ -265,6 +303,13 @@ impl<G: DhGroup> Gdh<G> {
         let me = self.me_id();
         let old_share = self.share();
         let new_share = Zeroizing::new(self.dh.group.random_scalar(rng));
+        // Test builds: the injected key-reuse bug keeps the old share.
+        #[cfg(test)]
+        let new_share = if super::kdf::fault::key_reuse() {
+            old_share.clone()
+        } else {
+            new_share
+        };
         let newcomers: Vec<MemberId> = run
             .members
             .iter()
@@ -273,9 +318,18 @@ impl<G: DhGroup> Gdh<G> {
             .collect();
         let set = self.usable_set(previous_epoch, group_before);
         let Some(set) = set else {
-            // Full upflow through everybody else, from g^N'.
-            let chain: Vec<MemberId> = run.members.iter().filter(|m| **m != me).cloned().collect();
-            let partial = self.dh.exp_generator(&new_share);
+            // Full upflow through everybody else, from g^N' (or from g, when this member
+            // is the last one and so ends the chain as controller).
+            let mut chain: Vec<MemberId> =
+                run.members.iter().filter(|m| **m != me).cloned().collect();
+            let last = run.members.last() == Some(&me);
+            let partial = if last && !chain.is_empty() {
+                chain.push(me.clone());
+                let one = self.dh.group.scalar_from_u64(1);
+                self.dh.group.exp_generator(&one)
+            } else {
+                self.dh.exp_generator(&new_share)
+            };
             self.set_share((*new_share).clone());
             if chain.is_empty() {
                 let one = self.dh.group.scalar_from_u64(1);
@@ -291,12 +345,14 @@ impl<G: DhGroup> Gdh<G> {
                 return Output {
                     sends: Vec::new(),
                     key: Some(key),
+                    ..Output::default()
                 };
             }
             let msg = self.upflow_message(run, &chain, 0, &partial);
             return Output {
                 sends: vec![msg],
                 key: None,
+                ..Output::default()
             };
         };
         let mine = set
@@ -321,7 +377,7 @@ impl<G: DhGroup> Gdh<G> {
                 };
                 entries.push((id.clone(), self.dh.group.encode_element(&p)));
             }
-            let key_element = self.dh.exp(&mine, &new_share);
+            let key_element = Zeroizing::new(self.dh.exp(&mine, &new_share));
             self.set_share((*new_share).clone());
             let msg = self.final_message(run, &entries);
             let key = self.finish(
@@ -334,15 +390,25 @@ impl<G: DhGroup> Gdh<G> {
             return Output {
                 sends: vec![msg],
                 key: Some(key),
+                ..Output::default()
             };
         }
-        // Join or merge: the partial secret with the new share goes up the newcomers.
-        let partial = self.dh.exp(&mine, &new_share);
+        // Join or merge: the partial secret with the new share goes up the newcomers. When
+        // this member is the view's last (the newcomers are placed before it), it goes
+        // without the new share and comes back here, the controller.
+        let mut chain = newcomers;
+        let partial = if run.members.last() == Some(&me) {
+            chain.push(me.clone());
+            mine
+        } else {
+            self.dh.exp(&mine, &new_share)
+        };
         self.set_share((*new_share).clone());
-        let msg = self.upflow_message(run, &newcomers, 0, &partial);
+        let msg = self.upflow_message(run, &chain, 0, &partial);
         Output {
             sends: vec![msg],
             key: None,
+            ..Output::default()
         }
     }
 
@@ -356,7 +422,7 @@ impl<G: DhGroup> Gdh<G> {
         for _ in 0..count {
             let id = MemberId::new(r.str()?);
             if !run.members.contains(&id) || chain.contains(&id) {
-                return Err(KeyError::Unexpected("chain names a non-member"));
+                return Err(KeyError::Invalid(Validation::ChainNotInView));
             }
             chain.push(id);
         }
@@ -366,17 +432,22 @@ impl<G: DhGroup> Gdh<G> {
         let pos = chain
             .iter()
             .position(|m| *m == me)
-            .ok_or(KeyError::Unexpected("upflow not addressed to this member"))?;
+            .ok_or(KeyError::Invalid(Validation::UpflowNotForMe))?;
+        if chain.last() != run.members.last() {
+            return Err(KeyError::Invalid(Validation::ChainNotEndingAtController));
+        }
+        // The first hop comes from the starter: outside the chain, or at its end when the
+        // starter is the controller itself.
         let expected_sender_ok = if pos == 0 {
-            !chain.contains(from)
+            !chain[..chain.len() - 1].contains(from)
         } else {
             chain[pos - 1] == *from
         };
         if !expected_sender_ok {
-            return Err(KeyError::Unexpected("upflow from the wrong member"));
+            return Err(KeyError::Invalid(Validation::UpflowWrongSender));
         }
         if !matches!(self.phase, Phase::Waiting) {
-            return Err(KeyError::Unexpected("upflow while collecting"));
+            return Err(KeyError::Invalid(Validation::UpflowWhileCollecting));
         }
         if pos + 1 == chain.len() {
             return Ok(self.become_controller(run, partial));
@@ -386,7 +457,22 @@ impl<G: DhGroup> Gdh<G> {
         Ok(Output {
             sends: vec![self.upflow_message(run, &chain, pos + 1, &next)],
             key: None,
+            ..Output::default()
         })
+    }
+
+    /// Refuses a controller's message (FACTOR REQUEST, FINAL) from anyone else.
+    fn check_controller(run: &Run, from: &MemberId) -> Result<(), KeyError> {
+        let controller = run.members.last().ok_or(KeyError::BadView("empty view"))?;
+        if from == controller {
+            Ok(())
+        } else {
+            Err(KeyError::NotController {
+                sender: from.clone(),
+                controller: controller.clone(),
+                epoch: run.epoch,
+            })
+        }
     }
 
     fn on_factor_request(
@@ -395,14 +481,15 @@ impl<G: DhGroup> Gdh<G> {
         from: &MemberId,
         body: &[u8],
     ) -> Result<Output, KeyError> {
+        Self::check_controller(run, from)?;
         let mut r = BodyReader::new(body);
         let partial = self.dh.group.decode_element(r.bytes()?)?;
         r.finish()?;
         if run.applied.iter().any(|(_, step)| *step == FACTOR_REQUEST) {
-            return Err(KeyError::Unexpected("a second controller in one run"));
+            return Err(KeyError::Invalid(Validation::SecondFactorRequest));
         }
         if !matches!(self.phase, Phase::Waiting) {
-            return Err(KeyError::Unexpected("factor request to the controller"));
+            return Err(KeyError::Invalid(Validation::FactorRequestToController));
         }
         let inverse = Zeroizing::new(self.dh.group.invert(&self.share()));
         let value = self.dh.exp(&partial, &inverse);
@@ -411,6 +498,7 @@ impl<G: DhGroup> Gdh<G> {
         Ok(Output {
             sends: vec![self.seal(run, FACTOR, &w.finish(), Destination::Unicast(from.clone()))],
             key: None,
+            ..Output::default()
         })
     }
 
@@ -419,7 +507,7 @@ impl<G: DhGroup> Gdh<G> {
         let value = self.dh.group.decode_element(r.bytes()?)?;
         r.finish()?;
         let Phase::Collecting { got, .. } = &mut self.phase else {
-            return Err(KeyError::Unexpected("factored value to a non-controller"));
+            return Err(KeyError::Invalid(Validation::FactorToNonController));
         };
         got.push((from.clone(), value));
         if got.len() + 1 < run.members.len() {
@@ -432,20 +520,21 @@ impl<G: DhGroup> Gdh<G> {
         Ok(self.complete_as_controller(run, partial, got))
     }
 
-    fn on_final(&mut self, run: &Run, body: &[u8]) -> Result<Output, KeyError> {
+    fn on_final(&mut self, run: &Run, from: &MemberId, body: &[u8]) -> Result<Output, KeyError> {
+        Self::check_controller(run, from)?;
         if !matches!(self.phase, Phase::Waiting) || !self.in_progress {
-            return Err(KeyError::Unexpected("final set when none is expected"));
+            return Err(KeyError::Invalid(Validation::FinalUnexpected));
         }
         let mut r = BodyReader::new(body);
         let count = r.u32()? as usize;
         if count != run.members.len() {
-            return Err(KeyError::Unexpected("final set does not cover the view"));
+            return Err(KeyError::Invalid(Validation::FinalNotCoveringView));
         }
         let mut entries = Vec::with_capacity(count);
         for expected in &run.members {
             let id = MemberId::new(r.str()?);
             if id != *expected {
-                return Err(KeyError::Unexpected("final set out of view order"));
+                return Err(KeyError::Invalid(Validation::FinalOutOfOrder));
             }
             entries.push((id, r.bytes()?.to_vec()));
         }
@@ -456,7 +545,7 @@ impl<G: DhGroup> Gdh<G> {
             .find(|(m, _)| *m == me)
             .expect("view contains me");
         let mine = self.dh.group.decode_element(mine)?;
-        let key_element = self.dh.exp(&mine, &self.share());
+        let key_element = Zeroizing::new(self.dh.exp(&mine, &self.share()));
         let key = self.finish(
             &key_element,
             PartialSet {
@@ -467,6 +556,7 @@ impl<G: DhGroup> Gdh<G> {
         Ok(Output {
             sends: Vec::new(),
             key: Some(key),
+            ..Output::default()
         })
     }
 }
@@ -480,6 +570,10 @@ impl<G: DhGroup> KeyAgreement for Gdh<G> {
         self.identity.id()
     }
 
+    fn dh_group(&self) -> &'static str {
+        self.dh.group.name()
+    }
+
     fn handle_view(
         &mut self,
         view: &View,
@@ -488,11 +582,13 @@ impl<G: DhGroup> KeyAgreement for Gdh<G> {
         let me = self.me_id();
         let run = Run::start(self.run.as_ref(), view, &me)?;
         // The members that were together in the previous view: this member's component.
+        // A name back in a new incarnation is not one of them: its predecessor's share is
+        // gone with it, so it must join like any newcomer.
         let (group_before, previous_epoch): (Vec<MemberId>, Option<u64>) = match &self.run {
             Some(prev) => (
                 run.members
                     .iter()
-                    .filter(|m| prev.members.contains(m))
+                    .filter(|m| run.same_member_in(prev, m))
                     .cloned()
                     .collect(),
                 Some(prev.epoch),
@@ -539,7 +635,7 @@ impl<G: DhGroup> KeyAgreement for Gdh<G> {
             UPFLOW => self.on_upflow(&run, from, &env.body)?,
             FACTOR_REQUEST => self.on_factor_request(&run, from, &env.body)?,
             FACTOR => self.on_factor(&run, from, &env.body)?,
-            FINAL => self.on_final(&run, &env.body)?,
+            FINAL => self.on_final(&run, from, &env.body)?,
             _ => return Err(KeyError::Malformed("unknown step")),
         };
         if let Some(run) = self.run.as_mut() {
@@ -558,5 +654,18 @@ impl<G: DhGroup> KeyAgreement for Gdh<G> {
 
     fn op_counts(&self) -> OpCounts {
         self.dh.ops
+    }
+
+    #[cfg(test)]
+    fn leak(&self) -> super::Leak {
+        super::Leak {
+            scalars: self
+                .share
+                .iter()
+                .map(|s| self.dh.group.scalar_bytes(s))
+                .collect(),
+            ikms: self.seen_ikms.clone(),
+            keys: self.key.iter().map(|k| k.secret).collect(),
+        }
     }
 }

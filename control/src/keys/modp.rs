@@ -193,13 +193,15 @@ impl<const LIMBS: usize> ModpParams<LIMBS> {
     fn hash_to_scalar(&self, domain: &[u8], bytes: &[u8]) -> Uint<LIMBS> {
         let mut wide = vec![0u8; 2 * LIMBS * 8];
         for (i, chunk) in wide.chunks_mut(64).enumerate() {
-            let digest = Sha512::new()
+            let mut digest = Sha512::new()
                 .chain_update(domain)
                 .chain_update(self.name.as_bytes())
                 .chain_update((i as u32).to_le_bytes())
                 .chain_update(bytes)
                 .finalize();
             chunk.copy_from_slice(&digest[..chunk.len()]);
+            // The digest is the secret scalar's material.
+            zeroize::Zeroize::zeroize(digest.as_mut_slice());
         }
         let hi = Uint::<LIMBS>::from_be_slice(&wide[..LIMBS * 8]);
         let lo = Uint::<LIMBS>::from_be_slice(&wide[LIMBS * 8..]);
@@ -369,7 +371,9 @@ macro_rules! modp_group {
 
             fn element_to_scalar(&self, e: &Self::Element) -> Self::Scalar {
                 let params = $params();
-                params.hash_to_scalar(b"conclave tgdh node secret v1", &params.encode(e))
+                // The element is a secret (a DH value); its encoding is wiped after hashing.
+                let encoded = zeroize::Zeroizing::new(params.encode(e));
+                params.hash_to_scalar(b"conclave tgdh node secret v1", &encoded)
             }
 
             fn encode_element(&self, e: &Self::Element) -> Vec<u8> {
@@ -378,6 +382,11 @@ macro_rules! modp_group {
 
             fn decode_element(&self, bytes: &[u8]) -> Result<Self::Element, KeyError> {
                 $params().decode(bytes)
+            }
+
+            #[cfg(test)]
+            fn scalar_bytes(&self, k: &Self::Scalar) -> Vec<u8> {
+                uint_to_be(k)
             }
         }
 

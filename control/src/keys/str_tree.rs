@@ -21,7 +21,8 @@ use super::{
     Protocol, View,
 };
 
-/// One member's STR instance.
+/// One member's STR instance (its `Debug` shows no secret).
+#[derive(Debug)]
 pub struct Str<G: DhGroup> {
     engine: TreeEngine<G>,
 }
@@ -81,11 +82,7 @@ mod tests {
                 )
             })
             .collect();
-        let view = View {
-            group: "g".into(),
-            epoch: 1,
-            members: NAMES[..4].iter().map(|n| id(n)).collect(),
-        };
+        let view = View::new("g", 1, NAMES[..4].iter().map(|n| id(n)));
         let mut queue = std::collections::VecDeque::new();
         for inst in insts.iter_mut() {
             let out = inst.handle_view(&view, &mut rng).expect("view");

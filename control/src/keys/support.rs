@@ -83,7 +83,39 @@ pub(crate) struct Run {
     pub(crate) group: String,
     pub(crate) epoch: u64,
     pub(crate) members: Vec<MemberId>,
+    /// `incarnations[i]` is the incarnation of `members[i]`.
+    pub(crate) incarnations: Vec<u64>,
     pub(crate) applied: HashSet<(MemberId, u8)>,
+}
+
+/// The checks every protocol makes of a new view for member `me`, given the previous one:
+/// `me` present once, no name twice, the epoch increasing, the group unchanged, and `me`
+/// still in the incarnation it had (an instance is one life of its member; a restarted
+/// process gets a fresh instance).
+pub(crate) fn check_view(
+    previous: Option<(&str, u64, Option<u64>)>,
+    view: &View,
+    me: &MemberId,
+) -> Result<(), KeyError> {
+    let Some(my_incarnation) = view.incarnation_of(me) else {
+        return Err(KeyError::BadView("this member is not in the view"));
+    };
+    let distinct: HashSet<&MemberId> = view.member_ids().collect();
+    if distinct.len() != view.members.len() {
+        return Err(KeyError::BadView("duplicate members"));
+    }
+    if let Some((group, epoch, incarnation)) = previous {
+        if view.epoch <= epoch {
+            return Err(KeyError::BadView("epoch not increasing"));
+        }
+        if view.group != group {
+            return Err(KeyError::BadView("group name changed"));
+        }
+        if incarnation.is_some_and(|i| i != my_incarnation) {
+            return Err(KeyError::BadView("this member's incarnation changed"));
+        }
+    }
+    Ok(())
 }
 
 impl Run {
@@ -93,27 +125,49 @@ impl Run {
         view: &View,
         me: &MemberId,
     ) -> Result<Run, KeyError> {
-        if !view.members.contains(me) {
-            return Err(KeyError::BadView("this member is not in the view"));
-        }
-        let distinct: HashSet<&MemberId> = view.members.iter().collect();
-        if distinct.len() != view.members.len() {
-            return Err(KeyError::BadView("duplicate members"));
-        }
-        if let Some(prev) = previous {
-            if view.epoch <= prev.epoch {
-                return Err(KeyError::BadView("epoch not increasing"));
-            }
-            if view.group != prev.group {
-                return Err(KeyError::BadView("group name changed"));
-            }
-        }
+        check_view(
+            previous.map(|p| (p.group.as_str(), p.epoch, p.incarnation_of(me))),
+            view,
+            me,
+        )?;
         Ok(Run {
             group: view.group.clone(),
             epoch: view.epoch,
-            members: view.members.clone(),
+            members: view.member_ids().cloned().collect(),
+            incarnations: view.members.iter().map(|m| m.incarnation).collect(),
             applied: HashSet::new(),
         })
+    }
+
+    /// The context the run's group key is bound to.
+    pub(crate) fn key_context<'a>(
+        &'a self,
+        protocol: Protocol,
+        dh_group: &'a str,
+    ) -> super::kdf::KeyContext<'a> {
+        super::kdf::KeyContext {
+            protocol,
+            dh_group,
+            group: &self.group,
+            epoch: self.epoch,
+            members: &self.members,
+            incarnations: &self.incarnations,
+        }
+    }
+
+    /// The incarnation of `id` in this run.
+    pub(crate) fn incarnation_of(&self, id: &MemberId) -> Option<u64> {
+        self.position(id).map(|i| self.incarnations[i])
+    }
+
+    /// Whether `id` is a member of this run in the same incarnation as in `other`: the
+    /// member carried over from one run to the next (a name that came back in a new
+    /// incarnation is a newcomer).
+    pub(crate) fn same_member_in(&self, other: &Run, id: &MemberId) -> bool {
+        match (self.incarnation_of(id), other.incarnation_of(id)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
     }
 
     /// Records that a message was applied, so a replay of it is refused.

@@ -5,7 +5,7 @@
 //! member's leaf secret is its own random share, and an inner node's secret is
 //! `element_to_scalar(BK_right^K_left) = element_to_scalar(BK_left^K_right)`. A member
 //! knows the secrets on its path and every blinded key, so it computes its path up to the
-//! root; the group key is `element_to_key` of the root's Diffie-Hellman element (the
+//! root; the group key is derived (`kdf`) from the root's Diffie-Hellman element (the
 //! root's blinded key is never computed, so nothing public is a function of the key).
 //!
 //! # One rule for every view
@@ -46,12 +46,14 @@ use std::sync::Arc;
 
 use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::envelope::{BodyReader, BodyWriter};
+use super::kdf::{KeyContext, derive_from_encoding};
+use super::support::check_view;
 use super::{
     Destination, DhGroup, Directory, Envelope, GroupKey, Identity, KeyAgreement, KeyError,
-    MemberId, OpCounts, Outgoing, Output, Protocol, View,
+    MemberId, OpCounts, Outgoing, Output, Protocol, RefreshNeeded, StallReason, Validation, View,
 };
 
 const ANNOUNCE: u8 = 1;
@@ -591,6 +593,8 @@ struct RunState<G: DhGroup> {
     group: String,
     epoch: u64,
     members: Vec<MemberId>,
+    /// Each member's incarnation in this run's view.
+    incarnations: Arc<HashMap<MemberId, u64>>,
     chain: Chain,
     tree: Option<RunTree<G::Element>>,
     /// My path, leaf first, and the secrets known on it.
@@ -617,7 +621,9 @@ struct RunState<G: DhGroup> {
     /// it need not refresh that again.
     fresh_leaf: Option<Bk>,
     done: bool,
-    stuck: bool,
+    /// Set when this member cannot complete the run (reported once as
+    /// [`RefreshNeeded`]); the run then waits for the next view.
+    stalled: Option<StallReason>,
 }
 
 impl<G: DhGroup> RunState<G> {
@@ -647,6 +653,9 @@ pub(crate) struct TreeEngine<G: DhGroup> {
     identity: Arc<Identity>,
     directory: Directory,
     base: Option<TNode>,
+    /// The incarnation of every leaf of `base`, from the view whose run made it: a leaf
+    /// whose name is back in another incarnation belongs to a member that is gone.
+    base_incarnations: Arc<HashMap<MemberId, u64>>,
     leaf_history: Vec<(Bk, G::Scalar)>,
     node_secrets: HashMap<Bk, G::Scalar>,
     /// Decoded blinded keys of the last run, so unchanged co-path keys are not decoded
@@ -656,6 +665,23 @@ pub(crate) struct TreeEngine<G: DhGroup> {
     prev_elems: Vec<(Bk, G::Element)>,
     run: Option<RunState<G>>,
     key: Option<GroupKey>,
+    /// Test builds: every key-derivation input this member used (secrecy checks).
+    #[cfg(test)]
+    seen_ikms: Vec<Vec<u8>>,
+}
+
+impl<G: DhGroup> std::fmt::Debug for TreeEngine<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Public facts only: leaf and node secrets and the key stay out of logs.
+        f.debug_struct("TreeEngine")
+            .field("protocol", &self.protocol)
+            .field("me", self.identity.id())
+            .field("group", &self.dh.name())
+            .field("epoch", &self.run.as_ref().map(|r| r.epoch))
+            .field("in_progress", &self.in_progress())
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<G: DhGroup> Drop for TreeEngine<G> {
@@ -683,11 +709,14 @@ impl<G: DhGroup> TreeEngine<G> {
             identity,
             directory,
             base: None,
+            base_incarnations: Arc::default(),
             leaf_history: Vec::new(),
             node_secrets: HashMap::new(),
             prev_elems: Vec::new(),
             run: None,
             key: None,
+            #[cfg(test)]
+            seen_ikms: Vec::new(),
         }
     }
 
@@ -710,6 +739,10 @@ impl<G: DhGroup> TreeEngine<G> {
         self.protocol
     }
 
+    pub(crate) fn dh_group(&self) -> &'static str {
+        self.dh.name()
+    }
+
     pub(crate) fn current_key(&self) -> Option<&GroupKey> {
         self.key.as_ref()
     }
@@ -720,6 +753,24 @@ impl<G: DhGroup> TreeEngine<G> {
 
     pub(crate) fn op_counts(&self) -> OpCounts {
         self.ops
+    }
+
+    #[cfg(test)]
+    pub(crate) fn leak(&self) -> super::Leak {
+        let mut scalars: Vec<Vec<u8>> = self
+            .leaf_history
+            .iter()
+            .map(|(_, s)| self.dh.scalar_bytes(s))
+            .collect();
+        scalars.extend(self.node_secrets.values().map(|s| self.dh.scalar_bytes(s)));
+        if let Some(run) = &self.run {
+            scalars.extend(run.keys.iter().flatten().map(|s| self.dh.scalar_bytes(s)));
+        }
+        super::Leak {
+            scalars,
+            ikms: self.seen_ikms.clone(),
+            keys: self.key.iter().map(|k| k.secret).collect(),
+        }
     }
 
     /// The member's current tree: every node with its members and blinded key.
@@ -790,21 +841,13 @@ impl<G: DhGroup> TreeEngine<G> {
         rng: &mut dyn CryptoRngCore,
     ) -> Result<Output, KeyError> {
         let me = self.me().clone();
-        if !view.members.contains(&me) {
-            return Err(KeyError::BadView("this member is not in the view"));
-        }
-        let distinct: HashSet<&MemberId> = view.members.iter().collect();
-        if distinct.len() != view.members.len() {
-            return Err(KeyError::BadView("duplicate members"));
-        }
-        if let Some(run) = &self.run {
-            if view.epoch <= run.epoch {
-                return Err(KeyError::BadView("epoch not increasing"));
-            }
-            if view.group != run.group {
-                return Err(KeyError::BadView("group name changed"));
-            }
-        }
+        check_view(
+            self.run
+                .as_ref()
+                .map(|r| (r.group.as_str(), r.epoch, r.incarnations.get(&me).copied())),
+            view,
+            &me,
+        )?;
         // The base for this view: the last run's tree if its shape was settled, else the
         // previous base. Secrets on my path are remembered by blinded key.
         if let Some(mut old) = self.run.take() {
@@ -821,14 +864,27 @@ impl<G: DhGroup> TreeEngine<G> {
                         .filter_map(|n| Some((n.bk.clone()?, n.elem.take()?))),
                 );
                 self.base = Some(tree.take_tree(tree.root));
+                self.base_incarnations = std::mem::take(&mut old.incarnations);
             }
             old.wipe();
         }
-        let in_view: HashSet<&MemberId> = view.members.iter().collect();
+        // Keep the base's leaves whose member is in the view in the same incarnation.
+        let in_view: HashMap<&MemberId, u64> = view
+            .members
+            .iter()
+            .map(|m| (&m.id, m.incarnation))
+            .collect();
+        let base_incarnations = &self.base_incarnations;
         let restricted = self
             .base
             .take()
-            .and_then(|b| b.restrict(&|m| in_view.contains(m)))
+            .and_then(|b| {
+                b.restrict(&|m| {
+                    in_view
+                        .get(m)
+                        .is_some_and(|i| base_incarnations.get(m) == Some(i))
+                })
+            })
             .filter(|t| t.contains(&me));
         let mut fresh_leaf = None;
         let base = match restricted {
@@ -839,10 +895,21 @@ impl<G: DhGroup> TreeEngine<G> {
                 TNode::leaf(me.clone(), bk)
             }
         };
+        // The base's members all carry this view's incarnations now (the others were cut).
+        // Built once per view and shared by the run and the base (a copy per view cost
+        // a name allocation per member per member).
+        let incarnations: Arc<HashMap<MemberId, u64>> = Arc::new(
+            view.members
+                .iter()
+                .map(|m| (m.id.clone(), m.incarnation))
+                .collect(),
+        );
+        self.base_incarnations = incarnations.clone();
         self.run = Some(RunState {
             group: view.group.clone(),
             epoch: view.epoch,
-            members: view.members.clone(),
+            members: view.member_ids().cloned().collect(),
+            incarnations,
             chain: Chain::default(),
             tree: None,
             path: Vec::new(),
@@ -857,7 +924,7 @@ impl<G: DhGroup> TreeEngine<G> {
             leaf_published: false,
             fresh_leaf,
             done: false,
-            stuck: false,
+            stalled: None,
         });
         let mut out = Output::default();
         // Announce now when I am the oldest of my base in this view: then I am in the
@@ -865,7 +932,7 @@ impl<G: DhGroup> TreeEngine<G> {
         let mut base_members = Vec::new();
         base.member_refs(&mut base_members);
         let base_set: HashSet<&MemberId> = base_members.iter().copied().collect();
-        let oldest = view.members.iter().find(|m| base_set.contains(*m));
+        let oldest = view.member_ids().find(|m| base_set.contains(*m));
         if oldest == Some(&me) {
             self.announce(&base, &mut out);
         }
@@ -874,7 +941,7 @@ impl<G: DhGroup> TreeEngine<G> {
         // let the chain confirm or replace it.
         if base_members.len() == view.members.len() {
             let encoded = encode_tree(&base);
-            self.adopt(&base, digest_bytes(&encoded), false, rng)?;
+            self.adopt(&base, digest_bytes(&encoded), false, rng, &mut out)?;
             self.run.as_mut().expect("run set above").guess = Some(encoded);
         }
         self.base = Some(base);
@@ -927,7 +994,7 @@ impl<G: DhGroup> TreeEngine<G> {
             let part = announced
                 .restrict(&|m| !covered.contains(m))
                 // An announcement always contains its announcer, who is uncovered.
-                .ok_or(KeyError::Unexpected("announcement without its announcer"))?;
+                .ok_or(KeyError::Invalid(Validation::AnnouncementWithoutAnnouncer))?;
             run.chain.covered.extend(part.members());
             run.chain.components.push(part);
         }
@@ -951,7 +1018,9 @@ impl<G: DhGroup> TreeEngine<G> {
             .collect();
         parts.sort_by_key(|(size, order, _)| (std::cmp::Reverse(*size), *order));
         let mut iter = parts.into_iter().map(|(_, _, t)| t);
-        let first = iter.next().ok_or(KeyError::Unexpected("empty view"))?;
+        let first = iter
+            .next()
+            .ok_or(KeyError::Invalid(Validation::EmptyView))?;
         let merged = iter.fold(first, |acc, t| match shape {
             Shape::Balanced => acc.insert_balanced(t),
             Shape::Skinny => acc.stack(t),
@@ -961,7 +1030,7 @@ impl<G: DhGroup> TreeEngine<G> {
             self.confirm(out);
             Ok(())
         } else {
-            self.adopt(&merged, digest, true, rng)
+            self.adopt(&merged, digest, true, rng, out)
         }
     }
 
@@ -972,8 +1041,10 @@ impl<G: DhGroup> TreeEngine<G> {
         let digest = run.digest;
         let pending = std::mem::take(&mut run.pending);
         for (d, sender, items) in pending {
-            if d == digest {
-                let _ = self.apply_published(&sender, &items);
+            if d == digest
+                && let Err(e) = self.apply_published(&sender, &items)
+            {
+                out.refused.push((sender, e));
             }
         }
         let run = self.run.as_mut().expect("confirming inside a run");
@@ -990,13 +1061,14 @@ impl<G: DhGroup> TreeEngine<G> {
         digest: [u8; 32],
         settled: bool,
         rng: &mut dyn CryptoRngCore,
+        out: &mut Output,
     ) -> Result<(), KeyError> {
         let me = self.me().clone();
         let shape = self.shape;
         let mut tree = RunTree::flatten(merged);
         let my_leaf = tree
             .leaf_of(&me)
-            .ok_or(KeyError::Unexpected("settled tree lacks this member"))?;
+            .ok_or(KeyError::Invalid(Validation::SettledTreeLacksMe))?;
         let announced_leaf = tree.nodes[my_leaf].bk.clone();
         let sponsors = tree.plan(shape);
         let fresh = self.run.as_ref().and_then(|r| r.fresh_leaf.clone());
@@ -1005,7 +1077,7 @@ impl<G: DhGroup> TreeEngine<G> {
             path.push(p);
         }
         let mut keys: Vec<Option<G::Scalar>> = vec![None; path.len()];
-        let mut stuck = false;
+        let mut stalled = None;
         if sponsors.contains(&me) && announced_leaf.is_some() && announced_leaf == fresh {
             // Already fresh: publish it again (as the sponsor) instead of refreshing.
             keys[0] = self
@@ -1029,8 +1101,10 @@ impl<G: DhGroup> TreeEngine<G> {
                 .find(|(b, _)| Some(b) == bk.as_ref())
                 .map(|(_, s)| s.clone());
             // An announcer listed a leaf key older than my history: this member cannot
-            // take part in this run (documented limitation; the next view retries).
-            stuck = keys[0].is_none();
+            // take part in this run; it says so (refresh needed) and the next view retries.
+            if keys[0].is_none() {
+                stalled = Some(StallReason::UnknownLeafSecret);
+            }
         }
         for (pos, &node) in path.iter().enumerate().skip(1) {
             if tree.nodes[node].publisher.is_none()
@@ -1057,7 +1131,14 @@ impl<G: DhGroup> TreeEngine<G> {
         run.tree = Some(tree);
         run.path = path;
         run.keys = keys;
-        run.stuck = stuck;
+        run.stalled = stalled;
+        if let Some(reason) = stalled {
+            out.refresh_needed = Some(RefreshNeeded {
+                group: run.group.clone(),
+                epoch: run.epoch,
+                reason,
+            });
+        }
         run.digest = digest;
         run.guess = None;
         run.settled = settled;
@@ -1068,15 +1149,59 @@ impl<G: DhGroup> TreeEngine<G> {
         let mut keep = Vec::new();
         for (d, sender, items) in pending {
             if d == digest {
-                // A buffered message that does not fit is dropped: its sender had a
-                // different view of the run, and the run cannot use it.
-                let _ = self.apply_published(&sender, &items);
+                // A buffered message that does not fit is refused (reported, not applied):
+                // its sender had a different view of the run.
+                if let Err(e) = self.apply_published(&sender, &items) {
+                    out.refused.push((sender, e));
+                }
             } else if !settled {
                 keep.push((d, sender, items));
             }
         }
         self.run.as_mut().expect("settling inside a run").pending = keep;
         Ok(())
+    }
+
+    /// Marks the run as unable to complete here and tells the layer above (once).
+    fn stall(&mut self, reason: StallReason, out: &mut Output) {
+        let run = self.run.as_mut().expect("stalling inside a run");
+        if run.stalled.is_none() {
+            run.stalled = Some(reason);
+            out.refresh_needed = Some(RefreshNeeded {
+                group: run.group.clone(),
+                epoch: run.epoch,
+                reason,
+            });
+        }
+    }
+
+    /// The group key of the current run from the root's DH element, bound to the run's
+    /// context (protocol, DH group, group, epoch, members and incarnations).
+    fn derive_key(&mut self, root_element: &G::Element) -> GroupKey {
+        let encoded = self.dh.encode_element(root_element);
+        // Test builds: the injected key-reuse bug derives from the previous run's value.
+        #[cfg(test)]
+        let encoded = match self.seen_ikms.last() {
+            Some(last) if super::kdf::fault::key_reuse() => last.clone(),
+            _ => encoded,
+        };
+        #[cfg(test)]
+        self.seen_ikms.push(encoded.clone());
+        let run = self.run.as_ref().expect("deriving inside a run");
+        let incarnations: Vec<u64> = run
+            .members
+            .iter()
+            .map(|m| run.incarnations.get(m).copied().unwrap_or(0))
+            .collect();
+        let context = KeyContext {
+            protocol: self.protocol,
+            dh_group: self.dh.name(),
+            group: &run.group,
+            epoch: run.epoch,
+            members: &run.members,
+            incarnations: &incarnations,
+        };
+        derive_from_encoding(&context, encoded)
     }
 
     /// Checks and stores published keys; all or nothing.
@@ -1087,18 +1212,18 @@ impl<G: DhGroup> TreeEngine<G> {
         for item in items {
             let idx = tree
                 .find_range(item.range)
-                .ok_or(KeyError::Unexpected("published node not in the tree"))?;
+                .ok_or(KeyError::Invalid(Validation::PublishedNodeNotInTree))?;
             let node = &tree.nodes[idx];
             if node.publisher.as_ref() != Some(sender) {
-                return Err(KeyError::Unexpected("sender does not publish this node"));
+                return Err(KeyError::Invalid(Validation::NotPublisherOfNode));
             }
             if idx == tree.root {
-                return Err(KeyError::Unexpected("root key published"));
+                return Err(KeyError::Invalid(Validation::RootKeyPublished));
             }
             if let Some(existing) = &node.bk
                 && existing != &item.bk
             {
-                return Err(KeyError::Unexpected("node published twice"));
+                return Err(KeyError::Invalid(Validation::NodePublishedTwice));
             }
             targets.push(idx);
         }
@@ -1126,7 +1251,7 @@ impl<G: DhGroup> TreeEngine<G> {
         let mut published = Vec::new();
         loop {
             let run = self.run.as_mut().expect("computing inside a run");
-            if run.done || run.stuck {
+            if run.done || run.stalled.is_some() {
                 break;
             }
             let Some(tree) = run.tree.as_mut() else { break };
@@ -1138,15 +1263,13 @@ impl<G: DhGroup> TreeEngine<G> {
                     break;
                 };
                 let Ok(e) = self.dh.decode_element(&bk) else {
+                    self.stall(StallReason::BadBlindedKey, out);
                     break;
                 };
-                let shared = self.exp(&e, &s);
+                let shared = Zeroizing::new(self.exp(&e, &s));
+                let key = self.derive_key(&shared);
                 let run = self.run.as_mut().expect("computing inside a run");
                 run.done = true;
-                let key = GroupKey {
-                    epoch: run.epoch,
-                    secret: self.dh.element_to_key(&shared),
-                };
                 if run.settled {
                     out.key = Some(key);
                 } else {
@@ -1181,23 +1304,19 @@ impl<G: DhGroup> TreeEngine<G> {
                         e
                     }
                     Err(_) => {
-                        run.stuck = true;
+                        self.stall(StallReason::BadBlindedKey, out);
                         break;
                     }
                 },
                 (None, None) => break,
             };
             let child_key = run.keys[pos - 1].clone().expect("lower secret known");
-            let shared = self.exp(&sib_elem, &child_key);
-            let run = self.run.as_mut().expect("computing inside a run");
-            let tree = run.tree.as_mut().expect("settled");
-            if node == tree.root {
-                let secret = self.dh.element_to_key(&shared);
+            let is_root = node == tree.root;
+            let shared = Zeroizing::new(self.exp(&sib_elem, &child_key));
+            if is_root {
+                let key = self.derive_key(&shared);
+                let run = self.run.as_mut().expect("computing inside a run");
                 run.done = true;
-                let key = GroupKey {
-                    epoch: run.epoch,
-                    secret,
-                };
                 if run.settled {
                     out.key = Some(key);
                 } else {
@@ -1205,6 +1324,8 @@ impl<G: DhGroup> TreeEngine<G> {
                 }
                 break;
             }
+            let run = self.run.as_mut().expect("computing inside a run");
+            let tree = run.tree.as_mut().expect("settled");
             let k = self.dh.element_to_scalar(&shared);
             let needs_publish =
                 tree.nodes[node].bk.is_none() && tree.nodes[node].publisher.as_ref() == Some(&me);
@@ -1279,7 +1400,7 @@ impl<G: DhGroup> TreeEngine<G> {
             return Ok(Output::default());
         }
         let Some(run) = self.run.as_ref() else {
-            return Err(KeyError::Unexpected("no run in progress"));
+            return Err(KeyError::Invalid(Validation::NoView));
         };
         let (group, epoch) = (run.group.clone(), run.epoch);
         self.ops.verifications += 1;
@@ -1325,7 +1446,7 @@ impl<G: DhGroup> TreeEngine<G> {
                     || !leaves.contains(&env.sender)
                     || leaves.iter().any(|m| !in_view.contains(m))
                 {
-                    return Err(KeyError::Unexpected("announced tree does not fit the view"));
+                    return Err(KeyError::Invalid(Validation::AnnouncedTreeDoesNotFit));
                 }
                 run.chain.announced.insert(env.sender, tree);
                 self.progress(rng, &mut out)?;
@@ -1381,19 +1502,20 @@ impl<G: DhGroup> TreeEngine<G> {
                     }
                     let run = self.run.as_mut().expect("checked above");
                     if run.pending.len() >= MAX_PENDING {
-                        return Err(KeyError::Unexpected("too many early messages"));
+                        return Err(KeyError::Invalid(Validation::TooManyPending));
                     }
                     run.last_seq.insert(env.sender.clone(), seq);
                     run.pending.push((digest, env.sender, items));
                 }
             }
-            _ => return Err(KeyError::Unexpected("unknown step")),
+            _ => return Err(KeyError::Malformed("unknown step")),
         }
         Ok(out)
     }
 }
 
-/// One member's TGDH instance.
+/// One member's TGDH instance (its `Debug` shows no secret).
+#[derive(Debug)]
 pub struct Tgdh<G: DhGroup> {
     engine: TreeEngine<G>,
 }
@@ -1427,6 +1549,10 @@ macro_rules! tree_protocol_key_agreement {
                 self.engine.me()
             }
 
+            fn dh_group(&self) -> &'static str {
+                self.engine.dh_group()
+            }
+
             fn handle_view(
                 &mut self,
                 view: &View,
@@ -1454,6 +1580,11 @@ macro_rules! tree_protocol_key_agreement {
 
             fn op_counts(&self) -> OpCounts {
                 self.engine.op_counts()
+            }
+
+            #[cfg(test)]
+            fn leak(&self) -> crate::keys::Leak {
+                self.engine.leak()
             }
         }
     };
@@ -1530,7 +1661,7 @@ pub(crate) mod testnet {
             for send in out.sends {
                 match send.to {
                     Destination::Broadcast => {
-                        for m in &view.members {
+                        for m in view.member_ids() {
                             self.queue
                                 .push_back((from.clone(), m.clone(), send.bytes.clone()));
                         }
@@ -1546,12 +1677,8 @@ pub(crate) mod testnet {
         /// listed keep their state and get nothing.
         pub(crate) fn view(&mut self, members: &[&str]) -> u64 {
             self.epoch += 1;
-            let view = View {
-                group: "g".into(),
-                epoch: self.epoch,
-                members: members.iter().map(|m| id(m)).collect(),
-            };
-            for m in &view.members {
+            let view = View::new("g", self.epoch, members.iter().map(|m| id(m)));
+            for m in view.member_ids() {
                 if !self.insts.contains_key(m) {
                     let inst = (self.factory)(self.identities[m].clone(), self.directory.clone());
                     self.insts.insert(m.clone(), inst);
@@ -1689,7 +1816,9 @@ mod tests {
             // Worse: the leaver pretends it is still in the new view and feeds its saved
             // state every broadcast of the new run. It still never gets the new key.
             let mut pretend = net.views[&id(rest[0])].clone();
-            pretend.members.push(leaver_id.clone());
+            pretend
+                .members
+                .push(crate::keys::Member::new(leaver_id.clone(), 0));
             let leaver = net.insts.get_mut(&leaver_id).expect("kept");
             let mut rng = rand::rngs::OsRng;
             let mut got = leaver.handle_view(&pretend, &mut rng).expect("view").key;
@@ -1770,12 +1899,8 @@ mod tests {
         // Worse: a copy of the newcomer pretends it was in the previous view and is fed
         // the whole previous run (and its join's messages, refused there as stale). It
         // never gets the previous key.
-        let mut pretend = View {
-            group: "g".into(),
-            epoch: old_view,
-            members: NAMES[..5].iter().map(|m| id(m)).collect(),
-        };
-        pretend.members.push(id("f"));
+        let mut pretend = View::new("g", old_view, NAMES[..5].iter().map(|m| id(m)));
+        pretend.members.push(crate::keys::Member::new(id("f"), 0));
         let mut copy = Tgdh::new(
             Ristretto255,
             net.identities[&id("f")].clone(),
@@ -1975,6 +2100,65 @@ mod tests {
         net.view(&NAMES[..8]);
         net.settle(false);
         assert!(seen.insert(net.common_key(&NAMES[..8]).secret));
+    }
+
+    #[test]
+    fn a_bad_copath_key_from_an_insider_signals_refresh_needed() {
+        // The oldest member announces its tree with an inner node's blinded key replaced
+        // by bytes that are no group element (the node still looks valid: its tag is over
+        // the children). A member whose path needs that key used to stall silently; it now
+        // reports RefreshNeeded, and the next view recovers.
+        let mut net = Net::new(tgdh, &NAMES, 12);
+        grow(&mut net, 3);
+        let epoch = net.view(&["a", "b", "c"]);
+        let (_, _, real) = net
+            .queue
+            .iter()
+            .find(|(f, t, b)| {
+                *f == id("a")
+                    && *t == id("c")
+                    && Envelope::open(b, &net.directory).is_ok_and(|e| e.step == ANNOUNCE)
+            })
+            .cloned()
+            .expect("a announces");
+        let env = Envelope::open(&real, &net.directory).expect("verifies");
+        let mut tree = TNode::decode(&mut BodyReader::new(&env.body), 8).expect("tree");
+        fn corrupt_inner(n: &mut TNode) {
+            if let Kind::Inner(l, r) = &mut n.kind {
+                if n.bk.is_some() {
+                    n.bk = Some(Bk::from(vec![0xffu8; 32]));
+                }
+                corrupt_inner(l);
+                corrupt_inner(r);
+            }
+        }
+        corrupt_inner(&mut tree);
+        let forged = Envelope::seal(
+            &net.identities[&id("a")],
+            Protocol::Tgdh,
+            "g",
+            epoch,
+            ANNOUNCE,
+            &encode_tree(&tree),
+        );
+        let c = net.insts.get_mut(&id("c")).expect("c");
+        let out = c
+            .handle_message(&id("a"), &forged, &mut rand::rngs::OsRng)
+            .expect("a well-formed announcement is accepted");
+        assert_eq!(
+            out.refresh_needed,
+            Some(RefreshNeeded {
+                group: "g".into(),
+                epoch,
+                reason: StallReason::BadBlindedKey,
+            })
+        );
+        assert!(c.in_progress());
+        // The next view (a refresh) starts a new run that completes.
+        net.queue.clear();
+        net.view(&["a", "b", "c"]);
+        net.settle(true);
+        net.common_key(&["a", "b", "c"]);
     }
 
     #[test]
