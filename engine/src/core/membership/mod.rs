@@ -14,8 +14,10 @@
 //! - **Gather**: every daemon multicasts join messages naming the daemons it believes alive
 //!   (`proc`) and those it gave up on (`fail`), merging what others say, until every daemon
 //!   of `proc − fail` has sent exactly the same sets (consensus). Daemons silent for
-//!   `consensus_timeout` go to `fail`; a daemon that lists this one as failed is failed
-//!   in return, so that partitions split cleanly.
+//!   `consensus_timeout` go to `fail` (those that speak but do not yet agree get three
+//!   such rounds); a daemon that lists this one as failed is failed in return, so that
+//!   partitions split cleanly, and its joins do not pull this daemon out of a ring it
+//!   already runs (merge detection reunites the two once the sender's ring has formed).
 //! - **Commit**: the representative (lowest index of the new set) sends a commit token
 //!   naming the new ring (its index and a ring sequence number above any seen). On the
 //!   first rotation every member writes its old ring's state (ring id, my_aru, highest
@@ -31,6 +33,10 @@
 //!   members moving together) and in it everything else, skipping holes (after the first
 //!   hole only messages of daemons moving together, which cannot depend on what is
 //!   missing), then the new regular configuration.
+//!
+//! A running ring (operational, or the new one during recovery) that has work waiting but
+//! makes no progress for `stall_timeout` also starts a run: a forged or corrupt token must
+//! not wedge it for ever.
 //!
 //! A new failure, a join (including a restarted daemon's: a higher incarnation), or
 //! token loss during gather, commit or recovery starts the run again; the last installed
