@@ -7,28 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{Backend, Cluster, profile_text};
+use common::cluster::{Backend, Cluster};
+use common::history::{Seen, quick_profile, record};
 use common::{WAIT, expect_event};
 use conclave::{Connection, Event, MembershipReason, Service, ViewKind};
-
-/// The default profile with a short token timeout, so that the tests do not wait long.
-fn quick_profile(backend: Backend) -> String {
-    let text = profile_text("default", backend);
-    assert!(
-        text.contains("token_timeout_ms = 700"),
-        "the default profile changed"
-    );
-    // `[ring]` is the profile's last table, so the appended key lands in it.
-    text.replace("token_timeout_ms = 700", "token_timeout_ms = 300")
-        + "consensus_timeout_ms = 120\n"
-}
-
-/// What a client saw, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Seen {
-    Data(String, Vec<u8>),
-    View(ViewKind, MembershipReason, Vec<String>),
-}
 
 fn payload(sender: usize, i: usize) -> Vec<u8> {
     format!("{sender}:{i}").into_bytes()
@@ -46,34 +28,6 @@ fn send(c: &mut Connection, sender: usize, from: usize, count: usize) {
             .expect("multicast");
     }
     c.flush().expect("flush");
-}
-
-/// Receives until `done` says the history is complete, within `limit`.
-fn record(c: &mut Connection, limit: Duration, mut done: impl FnMut(&[Seen]) -> bool) -> Vec<Seen> {
-    let deadline = Instant::now() + limit;
-    let mut seen = Vec::new();
-    while !done(&seen) {
-        assert!(
-            Instant::now() < deadline,
-            "{} saw only {seen:?}",
-            c.private_name()
-        );
-        match c.receive(Duration::from_millis(200)) {
-            Ok(Some(Event::Data {
-                sender, payload, ..
-            })) => seen.push(Seen::Data(sender, payload)),
-            Ok(Some(Event::Membership {
-                group,
-                kind,
-                reason,
-                members,
-                ..
-            })) if group == "g" => seen.push(Seen::View(kind, reason, members)),
-            Ok(_) => {}
-            Err(e) => panic!("{}: {e}; saw {seen:?}", c.private_name()),
-        }
-    }
-    seen
 }
 
 /// Waits until every client's view of `g` has `n` members.

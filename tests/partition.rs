@@ -10,56 +10,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{Backend, profile_text};
+use common::cluster::Backend;
+use common::history::{Seen, quick_profile, record};
 use common::netns::NetCluster;
-use conclave::{Connection, Event, MembershipReason, Service, ViewKind};
-
-/// The default profile with a short token timeout, so that the test does not wait long.
-fn quick_profile() -> String {
-    let text = profile_text("default", Backend::Auto);
-    assert!(
-        text.contains("token_timeout_ms = 700"),
-        "the default profile changed"
-    );
-    // `[ring]` is the profile's last table, so the appended key lands in it.
-    text.replace("token_timeout_ms = 700", "token_timeout_ms = 300")
-        + "consensus_timeout_ms = 120\n"
-}
-
-/// What a client saw of group `g`, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Seen {
-    Data(String, Vec<u8>),
-    View(ViewKind, MembershipReason, Vec<String>),
-}
-
-/// Receives until `done` says the history is complete; panics after `limit`.
-fn record(c: &mut Connection, limit: Duration, mut done: impl FnMut(&[Seen]) -> bool) -> Vec<Seen> {
-    let deadline = Instant::now() + limit;
-    let mut seen = Vec::new();
-    while !done(&seen) {
-        assert!(
-            Instant::now() < deadline,
-            "{} saw only {seen:?}",
-            c.private_name()
-        );
-        match c.receive(Duration::from_millis(100)) {
-            Ok(Some(Event::Data {
-                sender, payload, ..
-            })) => seen.push(Seen::Data(sender, payload)),
-            Ok(Some(Event::Membership {
-                group,
-                kind,
-                reason,
-                members,
-                ..
-            })) if group == "g" => seen.push(Seen::View(kind, reason, members)),
-            Ok(_) => {}
-            Err(e) => panic!("{}: {e}; saw {seen:?}", c.private_name()),
-        }
-    }
-    seen
-}
+use conclave::{Connection, MembershipReason, Service, ViewKind};
 
 /// Whether `seen` holds a regular view of exactly `members` (in any order).
 fn has_regular(seen: &[Seen], members: &[String]) -> bool {
@@ -145,7 +99,7 @@ fn partition_and_heal() {
     let names = ["d0", "d1", "d2"];
     // Declared before the clients, so that the clients close first and the namespaces
     // (deleted when `cluster` drops, after its daemons) go last, also on panic.
-    let cluster = match NetCluster::start(&names, &quick_profile()) {
+    let cluster = match NetCluster::start(&names, &quick_profile(Backend::Auto)) {
         Ok(c) => c,
         Err(why) => {
             println!("skipped: {why}");

@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod history;
 pub mod netns;
 
 use conclave::{Address, Connection, Event};

@@ -123,7 +123,8 @@ pub struct RingSequencer {
     me: DaemonIdx,
     /// Ring address of every daemon but this one: where membership messages go.
     everyone: Vec<SocketAddr>,
-    /// Ring addresses of the other members of the ring now sending, and its id.
+    /// Ring addresses of the other members of the ring now sending, and that ring's id
+    /// (rebuilt only when it changes).
     ring_peers: Vec<SocketAddr>,
     ring_peers_of: Option<RingId>,
     /// Events refused for backpressure, in order; while any wait here every new event
@@ -346,16 +347,18 @@ impl RingSequencer {
 
     /// The addresses `Dest::All` goes to: the other members of the ring now sending.
     fn refresh_ring_peers(&mut self) {
-        let id = self.membership.ring_id();
-        let members: Vec<DaemonIdx> = self.membership.ring_peers().collect();
-        if self.ring_peers_of == id && self.ring_peers.len() == members.len() {
+        let id = self.membership.sending_ring_id();
+        if self.ring_peers_of == Some(id) {
             return;
         }
-        self.ring_peers_of = id;
-        self.ring_peers = members
-            .iter()
-            .filter_map(|d| self.peers.get(usize::from(d.0)).copied())
-            .collect();
+        self.ring_peers_of = Some(id);
+        self.ring_peers.clear();
+        let peers = &self.peers;
+        self.ring_peers.extend(
+            self.membership
+                .ring_peers()
+                .filter_map(|d| peers.get(usize::from(d.0)).copied()),
+        );
     }
 
     fn queue_transmits(&mut self, now: Instant) {

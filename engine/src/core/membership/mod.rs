@@ -425,16 +425,19 @@ impl Membership {
 
     /// The other members of the ring now sending data ([`Dest::All`] goes to them).
     pub fn ring_peers(&self) -> impl Iterator<Item = DaemonIdx> + '_ {
-        let ring = match &self.phase {
-            Phase::Recovery(r) => r.new.as_ref().unwrap_or(&self.current),
-            _ => &self.current,
-        };
         let me = self.cfg.me;
-        ring.config()
+        self.running_ring()
+            .config()
             .members
             .iter()
             .copied()
             .filter(move |&d| d != me)
+    }
+
+    /// The id of the ring now sending data (the new one during recovery): the set of
+    /// [`Membership::ring_peers`] changes only with it.
+    pub fn sending_ring_id(&self) -> RingId {
+        self.running_ring().config().ring_id
     }
 
     /// Where the protocol stands.
