@@ -8,6 +8,54 @@ use std::time::{Duration, Instant};
 
 use crate::flood::median_min_max;
 
+/// Starts `conclaved` (through `cmd`, which may wrap it, e.g. in a network namespace) as
+/// daemon `name` of the configuration at `config`, on Unix socket `socket`, with
+/// `RUST_LOG` at `log` unless the caller's environment sets it, and waits up to `ready`
+/// for its ready line. Its stdout is drained until it exits, so that it never blocks on a
+/// full pipe.
+pub fn spawn_daemon(
+    mut cmd: Command,
+    config: &std::path::Path,
+    name: &str,
+    socket: &std::path::Path,
+    log: &str,
+    ready: Duration,
+) -> Result<Reaped, Box<dyn std::error::Error + Send + Sync>> {
+    use std::io::{BufRead, BufReader};
+    cmd.arg("--config")
+        .arg(config)
+        .args(["--name", name])
+        .arg("--socket")
+        .arg(socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", log);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start conclaved: {e}"))?;
+    let out = child.stdout.take().ok_or("no stdout from conclaved")?;
+    let child = Reaped(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            // The receiver is gone once the daemon is ready; later lines are dropped.
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + ready;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.starts_with("conclaved ready") => return Ok(child),
+            Ok(_) => {}
+            Err(_) => return Err(format!("{name} did not get ready").into()),
+        }
+    }
+}
+
 /// A child process asked to stop (SIGTERM, then SIGKILL after 5 s) when dropped, so that no
 /// run leaves a stray daemon or client behind, whatever way the run ends.
 pub struct Reaped(pub Child);

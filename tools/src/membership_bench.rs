@@ -24,9 +24,8 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -195,53 +194,18 @@ fn start_trio(profile: &Profile, net: Option<Netns>, tag: &str) -> AnyResult<Tri
     std::fs::write(&config_path, config)?;
     for (i, name) in NAMES.iter().enumerate() {
         let socket = dir.join(format!("{name}.sock"));
-        let mut cmd = match &trio.net {
+        let cmd = match &trio.net {
             Some(n) => n.command(i, &bin),
             None => Command::new(&bin),
         };
-        cmd.arg("--config")
-            .arg(&config_path)
-            .args(["--name", name])
-            .arg("--socket")
-            .arg(&socket)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if std::env::var_os("RUST_LOG").is_none() {
-            // The daemons' warnings about the very failures this bench causes would drown
-            // the results.
-            cmd.env("RUST_LOG", "error");
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let out = child.stdout.take().ok_or("no stdout from conclaved")?;
-        trio.procs.push(Some(Reaped(child)));
-        wait_ready(out, name)?;
+        // The daemons' warnings about the very failures this bench causes would drown
+        // the results.
+        let child =
+            crate::bench_common::spawn_daemon(cmd, &config_path, name, &socket, "error", WAIT)?;
+        trio.procs.push(Some(child));
         trio.sockets.push(socket);
     }
     Ok(trio)
-}
-
-/// Waits for the daemon's "conclaved ready" line, then keeps draining its stdout so that
-/// it never blocks on a full pipe.
-fn wait_ready(out: std::process::ChildStdout, name: &str) -> AnyResult<()> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            // The receiver is gone once the daemon is ready; later lines are dropped.
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) if l.starts_with("conclaved ready") => return Ok(()),
-            Ok(_) => {}
-            Err(_) => return Err(format!("{name} did not get ready").into()),
-        }
-    }
 }
 
 impl Trio {

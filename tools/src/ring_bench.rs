@@ -12,9 +12,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -144,40 +143,14 @@ fn start_cluster(args: &RingBench) -> AnyResult<Cluster> {
     let mut sockets = Vec::new();
     for name in NAMES {
         let socket = dir.join(format!("{name}.sock"));
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--config")
-            .arg(&config_path)
-            .args(["--name", name])
-            .arg("--socket")
-            .arg(&socket)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "warn");
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let out = child.stdout.take().ok_or("no stdout from conclaved")?;
-        procs.push(Reaped(child));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) if l.starts_with("conclaved ready") => break,
-                Ok(_) => {}
-                Err(_) => return Err(format!("{name} did not get ready").into()),
-            }
-        }
+        procs.push(crate::bench_common::spawn_daemon(
+            Command::new(&bin),
+            &config_path,
+            name,
+            &socket,
+            "warn",
+            Duration::from_secs(20),
+        )?);
         sockets.push(socket);
     }
     let mut cluster = Cluster {
