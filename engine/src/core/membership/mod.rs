@@ -47,6 +47,8 @@
 mod commit;
 mod gather;
 mod recovery;
+#[cfg(test)]
+mod tests;
 pub mod wire;
 
 use std::collections::{BTreeSet, VecDeque};
